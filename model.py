@@ -6,7 +6,7 @@ The three networks of Wan2.2-TI2V-5B in plain PyTorch, and the loader for the re
 - T5Encoder + TextEncoder: the umT5-XXL text encoder, its tokenizer and a prompt-embedding cache.
 - load_pretrained(ckpt_dir): all three from a checkpoint folder as released, native or -Diffusers.
 
-Notable features (each one a place where a port can silently go wrong; spec: wan22.md section 8):
+Notable features (each a place where a port can silently go wrong; spec wan22.md section 8):
 - 3-D RoPE, interleaved (real, imag) pairs split 22/21/21 over (frame, height, width), in float64.
 - adaLN with 6 modulation vectors per block and 2 in the head, computed per token and kept in fp32,
   so that image-to-video can give latent frame 0 the timestep 0 (per-token timesteps).
@@ -15,17 +15,16 @@ Notable features (each one a place where a port can silently go wrong; spec: wan
   in the number of frames, and one-piece processing gives the same numbers.
 - Parameter names equal the official checkpoints, so state dicts load with strict=True.
 
-References: Wan (arXiv:2503.20314); official code github.com/Wan-Video/Wan2.2 @42bf4cfa
-(wan/modules/model.py, vae2_2.py, t5.py, tokenizers.py, configs/wan_ti2v_5B.py); diffusers
-convert_wan_to_diffusers.py @58eb52c0 for the -Diffusers key names. Facts were taken from there and
-re-written, no code copied.
+References: Wan (arXiv:2503.20314); github.com/Wan-Video/Wan2.2 @42bf4cfa wan/modules/{model,
+vae2_2,t5,tokenizers}.py, wan/configs/wan_ti2v_5B.py; diffusers convert_wan_to_diffusers.py
+@58eb52c0 (-Diffusers key names). Facts taken from there, code written anew.
 
 Dimension legend: B batch, C_in latent channels (z_dim), F/H/W latent frames/height/width,
 (pt, ph, pw) the DiT patch, (f, h, w) = (F/pt, H/ph, W/pw) token grid, L = f*h*w video tokens,
 S >= L padded tokens, C width, N heads, D head dim, Lt = text_len text slots, Lc true text length.
 
-Run: tests/test_model_*.py check everything against the official outputs
-(python -m pytest tests/test_model_dit.py -q); benchmarks: python tests/bench_dit.py.
+Tests: python -m pytest tests/test_model_*.py -q (against the official outputs); benchmarks:
+python tests/bench_dit.py, tests/bench_vae.py, tests/bench_model_load.py.
 """
 import html
 import json
@@ -101,57 +100,37 @@ T5_CONFIGS = {
 # DiT helpers: time embedding, RoPE, fp32 islands
 
 def sinusoidal_embedding(t, dim):
-    """Timestep features [cos(t w_j), sin(t w_j)], w_j = 10000^(-j/(dim/2)), j < dim/2 (cos half first).
-
-    t: (M,) on the 0..1000 scale (not 0..1). Computed in float64 as the official
-    sinusoidal_embedding_1d (wan/modules/model.py); returns (M, dim) float64.
-    """
+    """[cos(t w_j), sin(t w_j)], w_j = 10000^(-j/(dim/2)), j < dim/2 (cos half first), in float64 as
+    the official sinusoidal_embedding_1d. t: (M,) on the 0..1000 scale (not 0..1) -> (M, dim) float64."""
     half = dim // 2
     freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
     angles = torch.outer(t.to(torch.float64), freqs)                        # (M, dim/2)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)         # (M, dim)
 
 
-def rope_frequencies(head_dim):
-    """Inverse frequencies of the 3-D RoPE, (head_dim/2,) float64, the (frame | height | width) parts.
+def rope_cos_sin(grid, head_dim, seq_len, device):
+    """cos, sin of the 3-D RoPE angles of the tokens in row-major (f, h, w) order: 2 x (S, head_dim/2).
 
-    The head_dim/2 complex pairs split as n_t = c - 2*(c//3), n_h = n_w = c//3 (22/21/21 for
-    D = 128), and every axis has its own ladder theta^(-2j/d_axis), d_axis = 2 * n_axis real dims,
-    theta = 10000 (official rope_params(1024, d) with d = 44, 42, 42).
+    The c = head_dim/2 complex pairs split n_t = c - 2*(c//3), n_h = n_w = c//3 (22/21/21 for D =
+    128) over the frame, height, width axes; each axis has its own ladder w_j = theta^(-2j/d_axis),
+    d_axis = 2 * n_axis real dims, theta = 10000 (official rope_params(1024, d), d = 44, 42, 42).
+    Token (i, j, k) (0-based on the patch grid) turns its frame pairs by i*w, height pairs by j*w,
+    width pairs by k*w, in float64. Padding tokens (index >= L) get angle 0: unrotated, as officially.
     """
     c = head_dim // 2
-    n_hw = c // 3
-    parts = [c - 2 * n_hw, n_hw, n_hw]
-    return torch.cat([1.0 / torch.pow(10000.0, torch.arange(0, 2 * n, 2, dtype=torch.float64) / (2 * n))
-                      for n in parts])
-
-
-def rope_cos_sin(grid, head_dim, seq_len, device):
-    """cos, sin of the RoPE angles for tokens in row-major (f, h, w) order: 2 x (S, head_dim/2) float64.
-
-    Token (i, j, k) takes angle i*w_t for the frame pairs, j*w_h for the height pairs, k*w_w for
-    the width pairs (0-based positions on the patch grid). Padding tokens (index >= L) get angle 0,
-    which leaves them unrotated, as the official rope_apply does.
-    """
-    f, h, w = grid
-    inv = rope_frequencies(head_dim).to(device)
-    n_t, n_hw = inv.numel() - 2 * (inv.numel() // 3), inv.numel() // 3
-    pos = lambda n: torch.arange(n, dtype=torch.float64, device=device)
-    angles = torch.cat([
-        torch.outer(pos(f), inv[:n_t])[:, None, None].expand(f, h, w, n_t),
-        torch.outer(pos(h), inv[n_t:n_t + n_hw])[None, :, None].expand(f, h, w, n_hw),
-        torch.outer(pos(w), inv[n_t + n_hw:])[None, None, :].expand(f, h, w, n_hw),
-    ], dim=-1).reshape(f * h * w, -1)                                      # (L, D/2)
-    angles = F.pad(angles, (0, 0, 0, seq_len - f * h * w))                 # (S, D/2)
+    parts = (c - 2 * (c // 3), c // 3, c // 3)
+    inv = torch.cat([1.0 / torch.pow(10000.0, torch.arange(0, 2 * n, 2, dtype=torch.float64, device=device) / (2 * n))
+                     for n in parts])                                       # (D/2,)
+    axis = torch.arange(3, device=device).repeat_interleave(torch.tensor(parts, device=device))   # axis of each pair
+    pos = torch.cartesian_prod(*(torch.arange(n, dtype=torch.float64, device=device) for n in grid))  # (L, 3)
+    angles = pos.view(-1, 3)[:, axis] * inv                                 # (L, D/2)
+    angles = F.pad(angles, (0, 0, 0, seq_len - angles.shape[0]))           # (S, D/2)
     return torch.cos(angles), torch.sin(angles)
 
 
 def apply_rope(x, cos, sin):
-    """Rotate the interleaved pairs (x[2i], x[2i+1]) of every head by the token's angles.
-
-    (a, b) -> (a cos - b sin, a sin + b cos), i.e. the complex product (a + ib) e^(i angle),
-    in float64 like the official rope_apply; returns float32. x: (B, S, N, D); cos, sin: (S, D/2).
-    """
+    """Rotate the interleaved pairs (a, b) = (x[2i], x[2i+1]) of each head: (a cos - b sin, a sin + b cos)
+    = (a + ib) e^(i angle), in float64 like the official rope_apply -> float32. x (B, S, N, D)."""
     a, b = x.to(torch.float64).unflatten(-1, (-1, 2)).unbind(-1)            # 2 x (B, S, N, D/2)
     cos, sin = cos[:, None], sin[:, None]                                   # (S, 1, D/2)
     return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).float()   # (B, S, N, D)
@@ -165,20 +144,14 @@ def layer_norm32(x, weight=None, bias=None, eps=1e-6):
 
 
 def linear32(layer, x):
-    """An nn.Linear evaluated in fp32 whatever the weight dtype; the caller disables autocast.
-
-    The official code wraps the time embedding and the head in autocast(dtype=float32): with bf16
-    weights those matmuls still run in fp32. CPU autocast has no float32 mode, so this is explicit.
-    """
+    """An nn.Linear in fp32 whatever its weight dtype (the caller disables autocast): the official
+    autocast(dtype=float32) islands, made explicit because CPU autocast has no float32 mode."""
     return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
 
 
 class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + eps) * weight over the last dim, normalized in fp32 then cast back.
-
-    Used for the DiT q/k norms (over all heads at once: C channels, not D) and the umT5 norms;
-    the official WanRMSNorm and T5LayerNorm give the same values (no mean subtraction, no bias).
-    """
+    """x * rsqrt(mean(x^2) + eps) * weight over the last dim, normalized in fp32 then cast back: the
+    DiT q/k norms (across all heads: C channels, not D) and the umT5 norms (WanRMSNorm, T5LayerNorm)."""
 
     def __init__(self, dim, eps=1e-6):
         super().__init__()
@@ -194,9 +167,9 @@ class RMSNorm(nn.Module):
 # DiT
 
 class WanAttention(nn.Module):
-    """Multi-head attention with q/k RMSNorm across heads; self-attention (RoPE, key-padding mask)
-    when context is None, else cross-attention to the text (no RoPE, no mask). No 1/sqrt scaling
-    beyond the usual 1/sqrt(D). q, k, v, o stay plain nn.Linear so train.py can wrap them (LoRA)."""
+    """softmax(q k^T / sqrt(D)) v per head, q/k RMSNorm across heads. Self-attention (RoPE, key-padding
+    mask) when context is None, else cross-attention to the text (no RoPE, no mask). q, k, v, o
+    stay plain nn.Linear so that train.py can wrap them (LoRA)."""
 
     def __init__(self, dim, num_heads, eps):
         super().__init__()
@@ -252,10 +225,8 @@ class WanAttentionBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """out = Linear(LN(x) * (1 + scale) + shift), (shift, scale) = modulation + e, all in fp32.
-
-    Uses e (the time_embedding output, before SiLU and time_projection), not e0.
-    """
+    """out = Linear(LN(x) * (1 + scale) + shift), (shift, scale) = modulation + e, all in fp32; e is
+    the time_embedding output (before SiLU and time_projection), not the blocks' e0."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -266,7 +237,8 @@ class Head(nn.Module):
     def forward(self, x, e):
         with torch.autocast(x.device.type, enabled=False):
             shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)   # 2 x (B, S, C)
-            return linear32(self.head, layer_norm32(x.float(), eps=self.eps) * (1 + scale) + shift)  # (B, S, pt*ph*pw*C_out)
+            x = layer_norm32(x.float(), eps=self.eps) * (1 + scale) + shift
+            return linear32(self.head, x)                                   # (B, S, pt*ph*pw*C_out)
 
 
 class WanModel(nn.Module):
@@ -293,8 +265,7 @@ class WanModel(nn.Module):
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(cfg.dim, cfg.dim))
-        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(),
-                                            nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
@@ -303,8 +274,8 @@ class WanModel(nn.Module):
         self.init_weights()
 
     def init_weights(self):
-        """Official init (WanModel.init_weights): Xavier Linears, N(0, .02) embeddings, a zero head
-        so that a fresh model predicts v = bias; no-op on the meta device."""
+        """Official init (WanModel.init_weights): Xavier Linears, N(0, .02) embeddings and a zero head
+        (a fresh model predicts v = 0); a no-op on the meta device."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -315,11 +286,8 @@ class WanModel(nn.Module):
         nn.init.zeros_(self.head.head.weight)
 
     def time_embed(self, t):
-        """t (B, S) -> e (B, S, C), e0 (B, S, 6, C), in fp32 (official fp32 island, asserted there).
-
-        e = time_embedding(sinusoid(t)), e0 = time_projection(e) = Linear(SiLU(e)): blocks use e0,
-        the head uses e. Every token gets its own, so frame-0 tokens can sit at t = 0.
-        """
+        """t (B, S) -> e = time_embedding(sinusoid(t)) (B, S, C) for the head, e0 = Linear(SiLU(e))
+        (B, S, 6, C) for the blocks, in fp32 (official island). Per token: frame 0 can sit at t = 0."""
         B, S = t.shape
         emb = sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).float()   # (B*S, freq_dim)
         te, tp = self.time_embedding, self.time_projection
@@ -329,25 +297,16 @@ class WanModel(nn.Module):
         return e, e0
 
     def embed_text(self, context, device):
-        """context (list of (Lc_b, text_dim) or (B, Lt', text_dim)) -> (B, Lt, C).
-
-        Zero rows pad to text_len BEFORE text_embedding, so the pads enter cross-attention as
-        text_embedding(0), not masked: that is what the official model was trained with.
-        """
+        """context (list of (Lc_b, text_dim) or (B, Lt', text_dim)) -> (B, Lt, C). Zero rows pad to
+        text_len BEFORE text_embedding: the pads enter cross-attention as text_embedding(0),
+        unmasked, as in the official model (and its training)."""
         cfg = self.cfg
-        rows = list(context)
-        for i, c in enumerate(rows):
+        for i, c in enumerate(context):
             if c.ndim != 2 or c.shape[1] != cfg.text_dim or c.shape[0] > cfg.text_len:
                 raise ValueError(f"context[{i}]: expected (Lc <= text_len={cfg.text_len}, text_dim="
                                  f"{cfg.text_dim}), found {tuple(c.shape)}")
-        ctx = torch.stack([F.pad(c.to(device), (0, 0, 0, cfg.text_len - c.shape[0])) for c in rows])  # (B, Lt, text_dim)
+        ctx = torch.stack([F.pad(c.to(device), (0, 0, 0, cfg.text_len - len(c))) for c in context])  # (B, Lt, text_dim)
         return self.text_embedding(ctx.to(self.text_embedding[0].weight.dtype))       # (B, Lt, C)
-
-    def rope(self, grid, seq_len, device):
-        key = (grid, seq_len, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rope_cos_sin(grid, self.cfg.dim // self.cfg.num_heads, seq_len, device)
-        return self._rope_cache[key]
 
     def forward(self, x, t, context, seq_len=None):
         cfg = self.cfg
@@ -376,7 +335,10 @@ class WanModel(nn.Module):
             raise ValueError(f"t: expected ({B},), ({B}, L={L}) or ({B}, S={S}), found {tuple(t.shape)}")
         e, e0 = self.time_embed(t)                                          # (B, S, C), (B, S, 6, C)
         context = self.embed_text(context, x.device)                        # (B, Lt, C)
-        cos, sin = self.rope(grid, S, x.device)                             # 2 x (S, D/2)
+        key = (grid, S, str(x.device))                                      # rollouts reuse one shape
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_cos_sin(grid, cfg.dim // cfg.num_heads, S, x.device)
+        cos, sin = self._rope_cache[key]                                    # 2 x (S, D/2)
         # key-padding mask only when there is padding: keeps SDPA on its fused kernels otherwise
         key_mask = None if S == L else (torch.arange(S, device=x.device) < L).view(1, 1, 1, S)
 
@@ -399,11 +361,9 @@ class WanModel(nn.Module):
 # `cache` dict (keyed by the module) that lives for one encode/decode call. A fresh dict = frame 0.
 
 class CausalConv3d(nn.Conv3d):
-    """Conv3d padded 2*p_t frames in front only (causal) and p on each spatial side.
-
-    In front go the last 2*p_t input frames of the previous chunk (zeros for the first chunk), so
-    chunk-by-chunk equals one causal conv over the whole clip. No cache for 1-frame kernels.
-    """
+    """Conv3d padded 2*p_t frames in front only (causal), p on each spatial side. The front frames are
+    the previous chunk's last 2*p_t inputs (zeros for the first chunk), so chunk-by-chunk equals
+    one causal conv over the whole clip."""
 
     def __init__(self, cin, cout, kernel, stride=1, padding=0):
         super().__init__(cin, cout, kernel, stride=stride)
@@ -480,15 +440,12 @@ class Resample(nn.Module):
     def __init__(self, dim, up, temporal):
         super().__init__()
         self.up, self.temporal = up, temporal
-        if up:
-            self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
-                                          nn.Conv2d(dim, dim, 3, padding=1))
-            if temporal:
-                self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0))
-        else:
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
-            if temporal:
-                self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+        self.resample = nn.Sequential(
+            nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact") if up else nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.Conv2d(dim, dim, 3, padding=1) if up else nn.Conv2d(dim, dim, 3, stride=2))
+        if temporal:       # up: to 2C channels, 2 zero frames in front; down: stride 2, no padding
+            self.time_conv = (CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0)) if up
+                              else CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)))
 
     def forward(self, x, cache):
         if self.up and self.temporal:
@@ -532,6 +489,11 @@ def dup_up(x, cout, ft, fs, first):
     return x[:, :, ft - 1:] if first else x
 
 
+def middle_blocks(dim):
+    """Residual, per-frame attention, residual: the lowest resolution of encoder and decoder."""
+    return nn.ModuleList([ResidualBlock(dim, dim), AttentionBlock(dim), ResidualBlock(dim, dim)])
+
+
 class DownBlock(nn.Module):
     """Encoder stage (official Down_ResidualBlock): residual blocks, optional Resample, + avg_down(x)."""
 
@@ -549,8 +511,8 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Decoder stage (official Up_ResidualBlock): residual blocks, optional Resample, + dup_up(x)
-    when it upsamples (the last stage has no shortcut at all)."""
+    """Decoder stage (official Up_ResidualBlock): residual blocks, optional Resample, + dup_up(x) if
+    it upsamples (the last stage has no shortcut at all)."""
 
     def __init__(self, cin, cout, num_blocks, up, temporal):
         super().__init__()
@@ -581,9 +543,9 @@ class Encoder3d(nn.Module):
             DownBlock(dims[i], dims[i + 1], cfg.num_res_blocks, down=i != n - 1,
                       temporal=i != n - 1 and i < len(cfg.temperal_downsample) and cfg.temperal_downsample[i])
             for i in range(n))
-        self.middle = nn.ModuleList([ResidualBlock(dims[-1], dims[-1]), AttentionBlock(dims[-1]),
-                                     ResidualBlock(dims[-1], dims[-1])])
-        self.head = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1))
+        self.middle = middle_blocks(dims[-1])
+        self.head = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(),
+                                  CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1))
 
     def forward(self, x, cache):
         x = self.conv1(x, cache)
@@ -602,8 +564,7 @@ class Decoder3d(nn.Module):
         n = len(cfg.dim_mult)
         temporal_up = tuple(cfg.temperal_downsample)[::-1]
         self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
-        self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
-                                     ResidualBlock(dims[0], dims[0])])
+        self.middle = middle_blocks(dims[0])
         self.upsamples = nn.ModuleList(
             UpBlock(dims[i], dims[i + 1], cfg.num_res_blocks + 1, up=i != n - 1,
                     temporal=i != n - 1 and i < len(temporal_up) and temporal_up[i])
@@ -649,15 +610,12 @@ WAN22_LATENT_STD = (
 class WanVAE(nn.Module):
     """The Wan2.2 VAE: encode(video) -> normalized latent, decode(latent) -> video in [-1, 1].
 
-    Streams over time (first frame alone, then `chunk` frames at a time) through the causal cache,
-    so activation memory does not grow with the clip; chunk=None runs the clip in one piece, same
-    numbers. Differentiable end to end (no no_grad, no in-place ops, no detached cache): the tiny
-    VAE can be trained as a plain autoencoder through encode and decode(z, clamp=False).
-
-    Latent normalization z = (mu - mean) / std per channel. The statistics are plain attributes, not
-    in the state dict (the official .pth has none): the official 48 values when z_dim == 48, else
-    mean 0 / std 1; set your own with set_latent_stats(mean, std) (e.g. measured on your data) and
-    save them beside the weights.
+    Streams over time (frame 0 alone, then `chunk` frames at a time) through the causal cache, so
+    activation memory does not grow with the clip; chunk=None = one piece, same numbers. No no_grad,
+    in-place op or detached cache inside: the tiny VAE trains by backprop through encode and
+    decode(z, clamp=False). Latents are normalized z = (mu - mean) / std per channel with plain
+    attributes, not state (the official .pth has none): the official 48 values when z_dim == 48,
+    else 0 / 1; set_latent_stats(mean, std) sets measured ones (save them beside the weights).
     """
 
     def __init__(self, cfg: VAEConfig):
@@ -667,31 +625,29 @@ class WanVAE(nn.Module):
         self.conv1 = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1)
         self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
         self.decoder = Decoder3d(cfg)
-        if cfg.z_dim == len(WAN22_LATENT_MEAN):
-            self.set_latent_stats(WAN22_LATENT_MEAN, WAN22_LATENT_STD)
-        else:
-            self.set_latent_stats([0.0] * cfg.z_dim, [1.0] * cfg.z_dim)
+        official = cfg.z_dim == len(WAN22_LATENT_MEAN)
+        self.set_latent_stats(WAN22_LATENT_MEAN if official else [0.0] * cfg.z_dim,
+                              WAN22_LATENT_STD if official else [1.0] * cfg.z_dim)
 
     def set_latent_stats(self, mean, std):
+        """z_dim per-channel means and stds of the raw encoder means (mu), used by encode and decode."""
         mean, std = [float(v) for v in mean], [float(v) for v in std]
         if len(mean) != self.cfg.z_dim or len(std) != self.cfg.z_dim or min(std) <= 0:
             raise ValueError(f"latent stats: expected {self.cfg.z_dim} means and {self.cfg.z_dim} positive "
                              f"stds, found {len(mean)} and {len(std)} (min std {min(std, default=None)})")
         self.latent_mean, self.latent_std = tuple(mean), tuple(std)
 
-    def _stats(self, device):
-        # float32 mean and 1/std, as the official wrapper's scale = [mean, 1/std]
-        mean = torch.tensor(self.latent_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(self.latent_std, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
-        return mean, inv_std
+    def _stats(self, device):     # float32 mean and 1/std, as the official scale = [mean, 1/std]
+        as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+        return as_t(self.latent_mean), 1.0 / as_t(self.latent_std)
 
     def encode(self, video, chunk=4):
         """video (B, 3, F, H, W) in [-1, 1], F = 4k+1, H and W multiples of 16 -> latent
         (B, z_dim, k+1, H/16, W/16), normalized. chunk: video frames per step after frame 0 (a
         multiple of 4; the official loop uses 4), or None for one piece. The log-variance half of
         the encoder output is discarded: the latent is the deterministic mean."""
-        if video.ndim != 5 or video.shape[1] != 3 or video.shape[2] % 4 != 1 or video.shape[3] % 16 or video.shape[4] % 16:
-            raise ValueError(f"video: expected (B, 3, F, H, W) with F = 4k+1 frames and H, W multiples of 16, "
+        if video.ndim != 5 or video.shape[1] != 3 or video.shape[2] % 4 != 1 or any(n % 16 for n in video.shape[3:]):
+            raise ValueError(f"video: expected (B, 3, F, H, W), F = 4k+1 frames, H, W multiples of 16, "
                              f"found {tuple(video.shape)}")
         if chunk is not None and (chunk < 4 or chunk % 4):
             raise ValueError(f"encode chunk: expected a positive multiple of 4 frames or None, found {chunk}")
@@ -724,12 +680,10 @@ class WanVAE(nn.Module):
 # umT5 encoder
 
 def relative_position_bucket(length, num_buckets, max_dist=128, device=None):
-    """Bidirectional T5 bucket of rel = key - query, (length, length) int64.
-
-    Half the buckets per sign; |rel| < num_buckets/4 gets its own bucket, larger distances share
-    log-spaced ones up to max_dist:  nb = num_buckets/2, e = nb/2,
+    """Bidirectional T5 bucket of rel = key - query, (length, length) int64 (official
+    T5RelativeEmbedding._relative_position_bucket, float32 log like there): nb = num_buckets/2 per
+    sign, exact buckets below e = nb/2, log-spaced ones up to max_dist:
         bucket = nb*[rel > 0] + (|rel| if |rel| < e else min(nb-1, e + floor(ln(|rel|/e) / ln(max_dist/e) * (nb-e))))
-    (official T5RelativeEmbedding._relative_position_bucket, float32 log like there).
     """
     pos = torch.arange(length, device=device)
     rel = pos[None, :] - pos[:, None]                                       # (Lq, Lk)
@@ -751,10 +705,8 @@ class T5Block(nn.Module):
         super().__init__()
         self.num_heads, self.num_buckets = cfg.num_heads, cfg.num_buckets
         self.norm1 = RMSNorm(cfg.dim)
-        self.attn = nn.ModuleDict(dict(q=nn.Linear(cfg.dim, cfg.dim_attn, bias=False),
-                                       k=nn.Linear(cfg.dim, cfg.dim_attn, bias=False),
-                                       v=nn.Linear(cfg.dim, cfg.dim_attn, bias=False),
-                                       o=nn.Linear(cfg.dim_attn, cfg.dim, bias=False)))
+        self.attn = nn.ModuleDict({n: nn.Linear(cfg.dim, cfg.dim_attn, bias=False) for n in "qkv"})
+        self.attn.o = nn.Linear(cfg.dim_attn, cfg.dim, bias=False)
         self.norm2 = RMSNorm(cfg.dim)
         self.ffn = nn.ModuleDict(dict(gate=nn.Sequential(nn.Linear(cfg.dim, cfg.dim_ffn, bias=False),
                                                          nn.GELU(approximate="tanh")),
@@ -785,25 +737,11 @@ class T5Encoder(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab, cfg.dim)
         self.blocks = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.dim)
-        self.init_weights()
-
-    def init_weights(self):
-        """Official t5.py init_weights (scaled normals), so a random tiny encoder gives O(1) features."""
-        c = self.cfg
-        nn.init.normal_(self.token_embedding.weight, std=1.0)
-        for b in self.blocks:
-            nn.init.normal_(b.attn.q.weight, std=(c.dim * c.dim_attn) ** -0.5)
-            nn.init.normal_(b.attn.k.weight, std=c.dim ** -0.5)
-            nn.init.normal_(b.attn.v.weight, std=c.dim ** -0.5)
-            nn.init.normal_(b.attn.o.weight, std=(c.num_heads * c.dim_attn) ** -0.5)
-            nn.init.normal_(b.ffn.gate[0].weight, std=c.dim ** -0.5)
-            nn.init.normal_(b.ffn.fc1.weight, std=c.dim ** -0.5)
-            nn.init.normal_(b.ffn.fc2.weight, std=c.dim_ffn ** -0.5)
-            nn.init.normal_(b.pos_embedding.embedding.weight, std=(2 * c.num_buckets * c.num_heads) ** -0.5)
+        # default init: real weights come from the checkpoint, the tiny encoder is random and frozen
 
     def forward(self, ids, mask):
         if ids.shape != mask.shape or ids.ndim != 2:
-            raise ValueError(f"ids and mask: expected the same (B, L) shape, found {tuple(ids.shape)} and {tuple(mask.shape)}")
+            raise ValueError(f"ids, mask: expected one (B, L) shape, found {tuple(ids.shape)}, {tuple(mask.shape)}")
         x = self.token_embedding(ids)                                       # (B, L, dim)
         for block in self.blocks:
             x = block(x, mask)
@@ -822,19 +760,11 @@ def byte_tokenize(prompts, text_len):
     return ids, mask
 
 
-def clean_prompt(text):
-    """The official 'whitespace' cleaning: html-unescape twice, strip, collapse whitespace runs.
-    (ftfy.fix_text, which only repairs mojibake, is left out to keep the dependency list short.)"""
-    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
-
-
 class TextEncoder:
-    """Prompts -> umT5 features trimmed to each prompt's true length, each distinct prompt encoded
-    once and cached (so the encoder can leave the GPU once the prompts of a run are known).
-
-    encode(prompts: list[str]) -> list of (Lc, dim) tensors (Lc counts the EOS token), on the
-    device where they were computed. tokenizer_file: a HuggingFace tokenizer.json (the real umT5,
-    read through the optional `tokenizers` package); None = byte_tokenize (tiny config).
+    """encode(prompts: list[str]) -> list of (Lc, dim) umT5 features trimmed to each true length (Lc
+    counts the EOS), left where computed. Each distinct prompt is encoded once and cached, so the
+    encoder can leave the GPU once a run's prompts are known. tokenizer_file: a HuggingFace
+    tokenizer.json (real umT5, via the optional `tokenizers` package); None = byte_tokenize (tiny).
     """
 
     def __init__(self, model: T5Encoder, text_len: int, tokenizer_file=None):
@@ -855,7 +785,10 @@ class TextEncoder:
         """-> ids, mask (B, text_len) int64"""
         if self.tokenizer is None:
             return byte_tokenize(prompts, self.text_len)
-        enc = self.tokenizer.encode_batch([clean_prompt(p) for p in prompts], add_special_tokens=True)
+        # the official 'whitespace' cleaning: html-unescape twice, collapse whitespace runs, strip
+        # (its ftfy.fix_text, which only repairs mojibake, is left out: one dependency fewer)
+        clean = [re.sub(r"\s+", " ", html.unescape(html.unescape(p))).strip() for p in prompts]
+        enc = self.tokenizer.encode_batch(clean, add_special_tokens=True)
         return (torch.tensor([e.ids for e in enc], dtype=torch.long),
                 torch.tensor([e.attention_mask for e in enc], dtype=torch.long))
 
@@ -864,13 +797,9 @@ class TextEncoder:
         new = list(dict.fromkeys(p for p in prompts if p not in self.cache))
         if new:
             ids, mask = self.tokenize(new)
-            lens = mask.sum(1)
-            # positions past the longest prompt are padding: masked as keys, and the relative bias
-            # depends on i - j only, so dropping them leaves every true-token output unchanged
-            n = int(lens.max())
             device = self.model.token_embedding.weight.device
-            out = self.model(ids[:, :n].to(device), mask[:, :n].to(device))   # (B, n, dim)
-            for p, o, k in zip(new, out, lens.tolist()):
+            out = self.model(ids.to(device), mask.to(device))                  # (B, text_len, dim)
+            for p, o, k in zip(new, out, mask.sum(1).tolist()):
                 self.cache[p] = o[:k].clone()
         return [self.cache[p] for p in prompts]
 
@@ -889,8 +818,7 @@ DIT_TO_DIFFUSERS = [
     (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
     (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
     (r"^time_projection\.1\.", "condition_embedder.time_proj."),
-    (r"^head\.modulation$", "scale_shift_table"),
-    (r"^head\.head\.", "proj_out."),
+    (r"^head\.modulation$", "scale_shift_table"), (r"^head\.head\.", "proj_out."),
     (r"\.modulation$", ".scale_shift_table"),
     (r"\.self_attn\.", ".attn1."), (r"\.cross_attn\.", ".attn2."),
     (r"\.attn(\d)\.([qkv])\.", r".attn\1.to_\2."), (r"\.attn(\d)\.o\.", r".attn\1.to_out.0."),
@@ -911,15 +839,13 @@ VAE_TO_DIFFUSERS = [
     (r"\.residual\.0\.", ".norm1."), (r"\.residual\.2\.", ".conv1."), (r"\.residual\.3\.", ".norm2."),
     (r"\.residual\.6\.", ".conv2."), (r"\.shortcut\.", ".conv_shortcut."),
 ]
-T5_TO_HF = [
-    (r"^token_embedding\.", "shared."), (r"^norm\.", "encoder.final_layer_norm."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.block.\1.layer.0.layer_norm."),
-    (r"^blocks\.(\d+)\.attn\.", r"encoder.block.\1.layer.0.SelfAttention."),
-    (r"^blocks\.(\d+)\.pos_embedding\.embedding\.", r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.block.\1.layer.1.layer_norm."),
-    (r"^blocks\.(\d+)\.ffn\.gate\.0\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),   # GELU branch
-    (r"^blocks\.(\d+)\.ffn\.fc1\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),      # linear branch
-    (r"^blocks\.(\d+)\.ffn\.fc2\.", r"encoder.block.\1.layer.1.DenseReluDense.wo."),
+T5_TO_HF = [   # (native gate = wi_0 is the GELU branch, fc1 = wi_1 the linear one)
+    (r"^token_embedding\.", "shared."), (r"^norm\.", "encoder.final_layer_norm."), (r"^blocks\.", "encoder.block."),
+    (r"\.norm1\.", ".layer.0.layer_norm."), (r"\.attn\.", ".layer.0.SelfAttention."),
+    (r"\.norm2\.", ".layer.1.layer_norm."),
+    (r"\.pos_embedding\.embedding\.", ".layer.0.SelfAttention.relative_attention_bias."),
+    (r"\.ffn\.gate\.0\.", ".layer.1.DenseReluDense.wi_0."), (r"\.ffn\.fc1\.", ".layer.1.DenseReluDense.wi_1."),
+    (r"\.ffn\.fc2\.", ".layer.1.DenseReluDense.wo."),
 ]
 T5_HF_ALIASES = {"encoder.embed_tokens.weight": "shared.weight"}     # HF ties (and may save) both
 
@@ -950,46 +876,40 @@ def _open_weights(path):
 
 
 def load_weights(model, paths, rules=(), aliases=None, dtype=None, device="cpu"):
-    """Fill a meta-built `model` from weights files; strict: every key present, none extra, shapes equal.
-
-    File keys are the model's own names passed through `rename_key(., rules)` (empty rules = native
-    names). Files are handled one at a time: each tensor is cast to `dtype` and moved to `device`
-    straight out of the memory map (no copy when neither changes), and the file is released before
-    the next, so peak host memory stays near one copy of the weights. Returns the model.
+    """Fill a meta-built `model` from weights files, strictly: every key present, none extra or twice,
+    shapes equal (file keys = rename_key(own key, rules)). One file at a time, each tensor is cast
+    to `dtype` and moved to `device` straight out of the memory map (no copy when neither changes)
+    and the file is released before the next: peak host memory stays near one copy of the weights.
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    where, duplicate = {}, []                          # file key -> (path, shape, key inside that file)
+    found, duplicate = {}, []                          # file key -> (path, shape, key inside that file)
     for p in paths:
-        shapes, _ = _open_weights(p)
-        for k, s in shapes.items():
-            if k in where:
-                duplicate.append(f"  {k} in {where[k][0]} and {p}")
-            where[k] = (p, s, k)
+        for k, s in _open_weights(p)[0].items():
+            if k in found:
+                duplicate.append(f"  {k} in {found[k][0]} and {p}")
+            found[k] = (p, s, k)
     for alias, name in (aliases or {}).items():        # a tied duplicate is fine, as is either name alone
-        if alias in where:
-            where.setdefault(name, where[alias])
-            del where[alias]
-    file_key = {k: rename_key(k, rules) for k in expected}
-    files = ", ".join(str(p) for p in paths)
-    missing = [f"  {k} {list(s)}" + ("" if file_key[k] == k else f" (as {file_key[k]})")
-               for k, s in expected.items() if file_key[k] not in where]
-    used = set(file_key.values())
-    unexpected = [f"  {k} {list(s)} in {p}" for k, (p, s, _) in where.items() if k not in used]
-    misshaped = [f"  {k}: expected {list(s)}, found {list(where[file_key[k]][1])} in {where[file_key[k]][0]}"
-                 for k, s in expected.items() if file_key[k] in where and where[file_key[k]][1] != s]
-    if missing or unexpected or misshaped or duplicate:
-        msg = [f"weights do not fit {type(model).__name__}({model.cfg}) (files: {files})"]
-        for title, rows in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("misshaped keys", misshaped), ("duplicate keys", duplicate)):
+        if alias in found:
+            found.setdefault(name, found.pop(alias))
+    fk = {k: rename_key(k, rules) for k in expected}   # our key -> file key
+    errors = {"missing keys": [f"  {k} {list(s)}" + f" (as {fk[k]})" * (fk[k] != k)
+                               for k, s in expected.items() if fk[k] not in found],
+              "unexpected keys": [f"  {k} {list(s)} in {p}" for k, (p, s, _) in found.items() if k not in fk.values()],
+              "misshaped keys": [f"  {k}: expected {list(s)}, found {list(found[fk[k]][1])} in {found[fk[k]][0]}"
+                                 for k, s in expected.items() if fk[k] in found and found[fk[k]][1] != s],
+              "duplicate keys": duplicate}
+    if any(errors.values()):
+        msg = [f"weights do not fit {type(model).__name__}({model.cfg}) (files: {', '.join(map(str, paths))})"]
+        for title, rows in errors.items():
             if rows:
-                msg += [f"{title} ({len(rows)}):"] + rows[:40] + ([f"  ... {len(rows) - 40} more"] if len(rows) > 40 else [])
+                msg += [f"{title} ({len(rows)}):"] + rows[:40] + [f"  ... {len(rows) - 40} more"] * (len(rows) > 40)
         raise ValueError("\n".join(msg))
     state = {}
     for p in paths:
-        _, get = _open_weights(p)
+        get = _open_weights(p)[1]
         for k in expected:
-            if where[file_key[k]][0] == p:
-                state[k] = get(where[file_key[k]][2]).to(device=device, dtype=dtype)
+            if found[fk[k]][0] == p:
+                state[k] = get(found[fk[k]][2]).to(device=device, dtype=dtype)
         del get                                        # unmaps this file unless tensors still view it
     model.load_state_dict(state, strict=True, assign=True)
     return model
@@ -1016,91 +936,59 @@ def _read_json(path):
         raise ValueError(f"{path}: cannot read the config ({e})") from e
 
 
-def _is_diffusers(d):
-    """True for the -Diffusers layout, False for the native one, else an error naming what was looked for."""
-    if (d / "model_index.json").is_file() or (d / "transformer").is_dir():
-        return True
-    if (d / "config.json").is_file() or (d / NATIVE_VAE).is_file() or list(d.glob(f"{NATIVE_DIT}*.safetensors*")):
-        return False
-    raise FileNotFoundError(
-        f"{d} is not a Wan2.2-TI2V-5B checkpoint folder: looked for the native layout (config.json, "
-        f"{NATIVE_DIT}.safetensors[.index.json], {NATIVE_VAE}, {NATIVE_T5}, {NATIVE_TOKENIZER}) and "
-        f"for the -Diffusers layout (model_index.json, transformer/, vae/, text_encoder/, tokenizer/)")
+def load_pretrained(ckpt_dir, dtype=torch.float32, device="cpu", text_dtype=torch.bfloat16,
+                    dit_cfg=None, vae_cfg=None, t5_cfg=None):
+    """A released Wan2.2-TI2V-5B folder, native or -Diffusers -> (WanModel, WanVAE, TextEncoder).
 
-
-def load_dit(ckpt_dir, dtype=torch.float32, device="cpu", cfg=None):
-    """WanModel from a native or -Diffusers folder. cfg=None reads config.json (native: official
-    field names, missing ones take the TI2V-5B values; -Diffusers: transformer/config.json, which
-    has no text_len, so 512 unless cfg is given)."""
+    dtype: the DiT weights (released in fp32; bf16 halves memory); the VAE stays fp32 as in the
+    official code; text_dtype: the umT5 weights (shipped in bf16). Configs are read where the
+    release has them (native config.json: official field names, missing ones = the 5B values;
+    -Diffusers: transformer/, vae/, text_encoder/ config.json, without text_len, so 512), else the
+    5B presets; pass dit_cfg / vae_cfg / t5_cfg to override (e.g. for tiny test folders).
+    """
     d = Path(ckpt_dir)
-    folder, rules = (d / "transformer", DIT_TO_DIFFUSERS) if _is_diffusers(d) else (d, [])
-    if cfg is None:
-        c = _read_json(folder / "config.json")
-        if rules:
-            c = dict(dim=c["num_attention_heads"] * c["attention_head_dim"], ffn_dim=c["ffn_dim"],
-                     freq_dim=c["freq_dim"], num_heads=c["num_attention_heads"], num_layers=c["num_layers"],
-                     in_dim=c["in_channels"], out_dim=c["out_channels"], text_dim=c["text_dim"],
-                     patch_size=c["patch_size"], eps=c["eps"])
-        cfg = DiTConfig(**{f.name: c[f.name] for f in fields(DiTConfig) if f.name in c})
-        cfg.patch_size = tuple(cfg.patch_size)
-    with torch.device("meta"):
-        model = WanModel(cfg)
-    return load_weights(model, _safetensors_files(folder, NATIVE_DIT), rules, dtype=dtype, device=device)
-
-
-def load_vae(ckpt_dir, dtype=torch.float32, device="cpu", cfg=None):
-    """WanVAE (computed in fp32 officially). Native: Wan2.2_VAE.pth, no config in the release, so
-    cfg=None means the 5B one. -Diffusers: vae/ with its config.json and latents_mean/std."""
-    d = Path(ckpt_dir)
+    diffusers = (d / "model_index.json").is_file() or (d / "transformer").is_dir()
+    if not diffusers and not ((d / "config.json").is_file() or list(d.glob(f"{NATIVE_DIT}*.safetensors*"))):
+        raise FileNotFoundError(
+            f"{d} is not a Wan2.2-TI2V-5B checkpoint folder: looked for the native layout (config.json, "
+            f"{NATIVE_DIT}.safetensors[.index.json], {NATIVE_VAE}, {NATIVE_T5}, {NATIVE_TOKENIZER}) and "
+            f"for the -Diffusers layout (model_index.json, transformer/, vae/, text_encoder/, tokenizer/)")
     stats = None
-    if _is_diffusers(d):
+    if diffusers:
+        c = _read_json(d / "transformer" / "config.json")
+        dit_cfg = dit_cfg or DiTConfig(
+            dim=c["num_attention_heads"] * c["attention_head_dim"], ffn_dim=c["ffn_dim"], freq_dim=c["freq_dim"],
+            num_heads=c["num_attention_heads"], num_layers=c["num_layers"], in_dim=c["in_channels"],
+            out_dim=c["out_channels"], text_dim=c["text_dim"], patch_size=tuple(c["patch_size"]), eps=c["eps"])
         c = _read_json(d / "vae" / "config.json")
         if not c.get("is_residual", False):
             raise ValueError(f"{d / 'vae' / 'config.json'}: not the Wan2.2 VAE (is_residual is not true)")
-        cfg = cfg or VAEConfig(dim=c["base_dim"], dec_dim=c["decoder_base_dim"], z_dim=c["z_dim"],
-                               dim_mult=tuple(c["dim_mult"]), num_res_blocks=c["num_res_blocks"],
-                               temperal_downsample=tuple(c["temperal_downsample"]))
+        vae_cfg = vae_cfg or VAEConfig(dim=c["base_dim"], dec_dim=c["decoder_base_dim"], z_dim=c["z_dim"],
+                                       dim_mult=tuple(c["dim_mult"]), num_res_blocks=c["num_res_blocks"],
+                                       temperal_downsample=tuple(c["temperal_downsample"]))
         stats = (c["latents_mean"], c["latents_std"]) if "latents_mean" in c else None
-        paths, rules = _safetensors_files(d / "vae", NATIVE_DIT), VAE_TO_DIFFUSERS
-    else:
-        cfg, paths, rules = cfg or VAE_CONFIGS["5b"], [d / NATIVE_VAE], []
-    with torch.device("meta"):
-        model = WanVAE(cfg)
-    if stats:
-        model.set_latent_stats(*stats)
-    return load_weights(model, paths, rules, dtype=dtype, device=device)
-
-
-def load_text_encoder(ckpt_dir, dtype=torch.bfloat16, device="cpu", cfg=None, text_len=512):
-    """TextEncoder (umT5 encoder + tokenizer.json + cache). Native: models_t5_umt5-xxl-enc-bf16.pth
-    and google/umt5-xxl/tokenizer.json, cfg=None means umT5-XXL. -Diffusers: text_encoder/ (HF
-    UMT5EncoderModel names and config.json) and tokenizer/tokenizer.json."""
-    d = Path(ckpt_dir)
-    if _is_diffusers(d):
         c = _read_json(d / "text_encoder" / "config.json")
-        cfg = cfg or T5Config(vocab=c["vocab_size"], dim=c["d_model"], dim_attn=c["d_kv"] * c["num_heads"],
-                              dim_ffn=c["d_ff"], num_heads=c["num_heads"], num_layers=c["num_layers"],
-                              num_buckets=c["relative_attention_num_buckets"])
-        paths, rules, tok = _safetensors_files(d / "text_encoder", "model"), T5_TO_HF, d / "tokenizer" / "tokenizer.json"
+        t5_cfg = t5_cfg or T5Config(vocab=c["vocab_size"], dim=c["d_model"], dim_attn=c["d_kv"] * c["num_heads"],
+                                    dim_ffn=c["d_ff"], num_heads=c["num_heads"], num_layers=c["num_layers"],
+                                    num_buckets=c["relative_attention_num_buckets"])
+        files = (_safetensors_files(d / "transformer", NATIVE_DIT), _safetensors_files(d / "vae", NATIVE_DIT),
+                 _safetensors_files(d / "text_encoder", "model"))
+        rules, tokenizer = (DIT_TO_DIFFUSERS, VAE_TO_DIFFUSERS, T5_TO_HF), d / "tokenizer" / "tokenizer.json"
     else:
-        cfg, paths, rules, tok = cfg or T5_CONFIGS["5b"], [d / NATIVE_T5], [], d / NATIVE_TOKENIZER
-    if not tok.is_file():
-        raise FileNotFoundError(f"{tok}: tokenizer not found (the umT5 tokenizer.json of the release)")
+        if dit_cfg is None:
+            c = _read_json(d / "config.json")
+            dit_cfg = DiTConfig(**{f.name: c[f.name] for f in fields(DiTConfig) if f.name in c})
+            dit_cfg.patch_size = tuple(dit_cfg.patch_size)
+        vae_cfg, t5_cfg = vae_cfg or VAE_CONFIGS["5b"], t5_cfg or T5_CONFIGS["5b"]   # the release has no config
+        files = (_safetensors_files(d, NATIVE_DIT), [d / NATIVE_VAE], [d / NATIVE_T5])
+        rules, tokenizer = ([], [], []), d / NATIVE_TOKENIZER
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{tokenizer}: tokenizer not found (the umT5 tokenizer.json of the release)")
     with torch.device("meta"):
-        model = T5Encoder(cfg)
-    load_weights(model, paths, rules, aliases=T5_HF_ALIASES if rules else None, dtype=dtype, device=device)
-    return TextEncoder(model.eval(), text_len, tokenizer_file=tok)
-
-
-def load_pretrained(ckpt_dir, dtype=torch.float32, device="cpu", text_dtype=torch.bfloat16,
-                    dit_cfg=None, vae_cfg=None, t5_cfg=None):
-    """The released Wan2.2-TI2V-5B folder (native or -Diffusers) -> (WanModel, WanVAE, TextEncoder).
-
-    dtype: the DiT weights (the release is fp32; bf16 halves memory); the VAE stays fp32 as in the
-    official code; text_dtype: the umT5 weights (shipped bf16). Configs come from the folder where
-    the release has them, else the 5B presets; pass *_cfg to override (e.g. tiny test folders).
-    """
-    dit = load_dit(ckpt_dir, dtype, device, dit_cfg)
-    vae = load_vae(ckpt_dir, torch.float32, device, vae_cfg)
-    text = load_text_encoder(ckpt_dir, text_dtype, device, t5_cfg, text_len=dit.cfg.text_len)
-    return dit, vae, text
+        dit, vae, t5 = WanModel(dit_cfg), WanVAE(vae_cfg), T5Encoder(t5_cfg)
+    if stats:
+        vae.set_latent_stats(*stats)
+    load_weights(dit, files[0], rules[0], dtype=dtype, device=device)
+    load_weights(vae, files[1], rules[1], dtype=torch.float32, device=device)
+    load_weights(t5, files[2], rules[2], aliases=T5_HF_ALIASES, dtype=text_dtype, device=device)
+    return dit, vae, TextEncoder(t5.eval(), dit_cfg.text_len, tokenizer_file=tokenizer)

@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import (DIT_CONFIGS, DiTConfig, WanModel, apply_rope, rope_cos_sin, rope_frequencies,
-                   sinusoidal_embedding)
+from model import DIT_CONFIGS, DiTConfig, WanModel, apply_rope, rope_cos_sin, sinusoidal_embedding
 
 TOL = 1e-5
 
@@ -79,8 +78,9 @@ def test_oracle_batch2_padded_tokens_and_contexts(oracle):
 
 def test_position_encodings_match_reference(oracle):
     _, ref = oracle
-    angles = torch.outer(torch.arange(1024, dtype=torch.float64), rope_frequencies(128))       # (1024, 64)
-    table = torch.stack([torch.cos(angles), torch.sin(angles)], -1)
+    # the official (1024, 64) table: frame pairs 0:22, height pairs 22:43, width pairs 43:64
+    parts = [rope_cos_sin(grid, 128, 1024, "cpu") for grid in ((1024, 1, 1), (1, 1024, 1), (1, 1, 1024))]
+    table = torch.cat([torch.stack([cos, sin], -1)[:, a:b] for (cos, sin), (a, b) in zip(parts, ((0, 22), (22, 43), (43, 64)))], 1)
     assert maxdiff(table, ref["rope.freqs_real"]) < 1e-12
     assert maxdiff(sinusoidal_embedding(ref["sinusoidal.t"], 256), ref["sinusoidal.emb"]) < 1e-12
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import (DIT_TO_DIFFUSERS, T5_TO_HF, VAE_TO_DIFFUSERS, DiTConfig, T5Config, load_dit,
-                   load_pretrained, load_vae, rename_key)
+from model import DIT_TO_DIFFUSERS, T5_TO_HF, VAE_TO_DIFFUSERS, DiTConfig, T5Config, VAEConfig, load_pretrained, rename_key
 
 TOL = 1e-5
+TINY_VAE = VAEConfig(dim=16, dec_dim=16, z_dim=48)          # ../shared/oracle/tiny_vae_config.json
 
 
 def tiny_configs(oracle):
@@ -112,10 +112,9 @@ def check_against_oracle(oracle, dit, vae, text, dtype=torch.float32):
 @pytest.mark.parametrize("shards", [3, 1])
 def test_native_layout(tmp_path, oracle_dir, shards):
     _, dit_cfg, vae_json, t5_cfg = tiny_configs(oracle_dir)
-    from model import VAEConfig
-    vae_cfg = VAEConfig(dim=16, dec_dim=16, z_dim=48)       # the native release ships no VAE / T5 config
     root = write_native(tmp_path / "native", oracle_dir, shards)
-    dit, vae, text = load_pretrained(root, text_dtype=torch.float32, vae_cfg=vae_cfg, t5_cfg=t5_cfg)
+    # the native release ships no VAE / T5 config: without these the 5B ones are used
+    dit, vae, text = load_pretrained(root, text_dtype=torch.float32, vae_cfg=TINY_VAE, t5_cfg=t5_cfg)
     assert dit.cfg == dit_cfg and vae.cfg.dim == vae_json["dim"] and text.text_len == dit_cfg.text_len
     check_against_oracle(oracle_dir, dit, vae, text)
 
@@ -125,7 +124,7 @@ def test_diffusers_layout(tmp_path, oracle_dir, shards):
     _, dit_cfg, _, t5_cfg = tiny_configs(oracle_dir)
     root = write_diffusers(tmp_path / "diffusers", oracle_dir, shards)
     # the diffusers transformer config has no text_len (the pipeline's max_sequence_length): 512
-    assert load_dit(root).cfg == DiTConfig(**{**dit_cfg.__dict__, "text_len": 512})
+    assert load_pretrained(root)[0].cfg == DiTConfig(**{**dit_cfg.__dict__, "text_len": 512})
     dit, vae, text = load_pretrained(root, text_dtype=torch.float32, dit_cfg=dit_cfg)
     assert text.model.cfg == t5_cfg and vae.cfg.dec_dim == 16       # VAE and T5 configs read from the folder
     check_against_oracle(oracle_dir, dit, vae, text)
@@ -138,9 +137,8 @@ def native(tmp_path_factory, oracle_dir):
 
 def test_dtype_casting(native, oracle_dir):
     _, _, _, t5_cfg = tiny_configs(oracle_dir)
-    from model import VAEConfig
     dit, vae, text = load_pretrained(native, dtype=torch.bfloat16, text_dtype=torch.bfloat16,
-                                     vae_cfg=VAEConfig(dim=16, dec_dim=16, z_dim=48), t5_cfg=t5_cfg)
+                                     vae_cfg=TINY_VAE, t5_cfg=t5_cfg)
     ref = load_file(oracle_dir / "tiny_dit.safetensors")
     assert all(v.dtype == torch.bfloat16 and torch.equal(v, ref[k].bfloat16()) for k, v in dit.state_dict().items())
     assert all(p.dtype == torch.float32 for p in vae.parameters())                 # the VAE runs in fp32
@@ -180,7 +178,7 @@ def test_missing_unexpected_misshaped_and_duplicate_keys_are_listed(native, tmp_
         return state
     root, shard = copy_with(native, tmp_path, edit)
     with pytest.raises(ValueError) as err:
-        load_dit(root)
+        load_pretrained(root)
     msg = str(err.value)
     assert f"missing keys (1):\n  {first} [" in msg
     assert f"unexpected keys (1):\n  blocks.0.extra.weight [3] in {shard}" in msg
@@ -192,16 +190,18 @@ def test_truncated_or_corrupt_files_are_named(native, tmp_path):
     root = tmp_path / "bad"
     shutil.copytree(native, root)
     shard = root / "diffusion_pytorch_model-00002-of-00003.safetensors"
-    shard.write_bytes(shard.read_bytes()[:-1000])
+    original = shard.read_bytes()
+    shard.write_bytes(original[:-1000])
     with pytest.raises(ValueError, match=f"{shard}: cannot read the weights, the file is truncated or corrupt"):
-        load_dit(root)
+        load_pretrained(root)
+    shard.write_bytes(original)
     vae = root / "Wan2.2_VAE.pth"
     vae.write_bytes(vae.read_bytes()[: vae.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"{vae}: cannot read the weights, the file is truncated or corrupt"):
-        load_vae(root)
+        load_pretrained(root)
     (root / "diffusion_pytorch_model-00003-of-00003.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="00003-of-00003.safetensors: shard listed in"):
-        load_dit(root)
+        load_pretrained(root)
 
 
 def test_folder_that_is_neither_layout(tmp_path):
@@ -215,14 +215,22 @@ def test_missing_pieces_are_named(native, tmp_path, oracle_dir):
     shutil.copytree(native, root)
     (root / "google" / "umt5-xxl" / "tokenizer.json").unlink()
     (root / "models_t5_umt5-xxl-enc-bf16.pth").unlink()
-    from model import load_text_encoder
+    t5_cfg = tiny_configs(oracle_dir)[3]
     with pytest.raises(FileNotFoundError, match="umt5-xxl/tokenizer.json: tokenizer not found"):
-        load_text_encoder(root, cfg=tiny_configs(oracle_dir)[3])
+        load_pretrained(root, vae_cfg=TINY_VAE, t5_cfg=t5_cfg)
     save_tokenizer(root / "google" / "umt5-xxl" / "tokenizer.json")
     with pytest.raises(FileNotFoundError, match="models_t5_umt5-xxl-enc-bf16.pth: weights file not found"):
-        load_text_encoder(root, cfg=tiny_configs(oracle_dir)[3])
+        load_pretrained(root, vae_cfg=TINY_VAE, t5_cfg=t5_cfg)
     with pytest.raises(ValueError, match=r"(?s)misshaped keys \(190\):\n  encoder.conv1.weight: expected \[160, 12, 3, 3, 3\], found \[16, 12, 3, 3, 3\]"):
-        load_vae(root)                                      # the 5B VAE config against tiny weights
+        load_pretrained(root, t5_cfg=t5_cfg)                # the 5B VAE config against tiny weights
+
+
+def test_diffusers_vae_that_is_not_wan22(tmp_path, oracle_dir):
+    root = write_diffusers(tmp_path / "diffusers", oracle_dir, shards=1)
+    config = root / "vae" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "is_residual": False}))
+    with pytest.raises(ValueError, match="vae/config.json: not the Wan2.2 VAE"):
+        load_pretrained(root)
 
 
 def test_rename_rules_reproduce_the_release_key_maps(oracle_dir):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import (BYTE_EOS, BYTE_OFFSET, BYTE_PAD, T5_CONFIGS, T5Config, T5Encoder, TextEncoder,
-                   byte_tokenize, clean_prompt, relative_position_bucket)
+                   byte_tokenize, relative_position_bucket)
 
 TOL = 1e-5
 
@@ -88,4 +88,4 @@ def test_huggingface_tokenizer_file(tmp_path):
     assert ids.tolist() == [[3, 4, 5, 1], [4, 2, 5, 1]] and mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
     assert enc.tokenize(["maze"])[0].tolist() == [[5, 1, 0, 0]]
     assert [o.shape for o in enc.encode(["maze", "solve the maze"])] == [(2, 8), (4, 8)]
-    assert clean_prompt("  a &amp;amp; b\t\n c ") == "a & b c"
+    assert enc.tokenize(["  solve &amp;amp;\t\n maze "])[0].tolist() == [[3, 2, 5, 1]]   # cleaned: "solve & maze"
