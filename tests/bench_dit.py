@@ -52,8 +52,8 @@ def main():
             x, t, ctx = inputs(B, F)
             with torch.no_grad():
                 sec, best = timed(lambda: dit(x, t, ctx), args.repeats)
-            print(f"forward      B={B} tokens={tokens:4d} ({4 * F - 3:3d} frames at 128 px): median {sec * 1e3:8.1f} ms, "
-                  f"min {best * 1e3:8.1f} ms")
+            print(f"forward      B={B} tokens={tokens:4d} ({4 * F - 3:3d} frames at 128 px): "
+                  f"median {sec * 1e3:8.1f} ms, min {best * 1e3:8.1f} ms")
     for F in (9, 13, 25):
         x, t, ctx = inputs(8, F)
         for ckpt in (False, True):
@@ -63,8 +63,8 @@ def main():
                 dit.zero_grad(set_to_none=True)
                 dit(x, t, ctx).square().mean().backward()
             sec, best = timed(step, args.repeats)
-            print(f"forward+backward B=8 tokens={F * 16:4d}, gradient checkpointing {ckpt!s:5}: median {sec * 1e3:8.1f} ms, "
-                  f"min {best * 1e3:8.1f} ms")
+            print(f"forward+backward B=8 tokens={F * 16:4d}, gradient checkpointing {ckpt!s:5}: "
+                  f"median {sec * 1e3:8.1f} ms, min {best * 1e3:8.1f} ms")
 
 
 if __name__ == "__main__":

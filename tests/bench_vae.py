@@ -67,7 +67,8 @@ def measure(frames, size, chunk, mode, repeats, threads):
     code = CHILD.format(root=str(ROOT), frames=frames, size=size, chunk=chunk, mode=mode, repeats=repeats,
                         threads=threads)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    mem = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    mem = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return int(mem[0]) / 2 ** 20, int(mem[1]) / 2 ** 20, float(out[2]), float(out[3])
 

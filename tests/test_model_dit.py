@@ -47,7 +47,8 @@ def test_oracle_i2v_output_and_activations(oracle):
     for h in hooks:
         h.remove()
     assert out.shape == (1, 48, 3, 6, 8) and out.dtype == torch.float32
-    for name in ("patch_embedding", "time_embedding", "time_projection", "text_embedding", "blocks.0", "blocks.1", "head"):
+    names = ("patch_embedding", "time_embedding", "time_projection", "text_embedding", "blocks.0", "blocks.1", "head")
+    for name in names:
         assert acts[name].shape == ref[f"i2v.act.{name}"].shape, name
         assert maxdiff(acts[name], ref[f"i2v.act.{name}"]) < TOL, name
     assert maxdiff(out[0], ref["i2v.out"]) < TOL
@@ -80,7 +81,8 @@ def test_position_encodings_match_reference(oracle):
     _, ref = oracle
     # the official (1024, 64) table: frame pairs 0:22, height pairs 22:43, width pairs 43:64
     parts = [rope_cos_sin(grid, 128, 1024, "cpu") for grid in ((1024, 1, 1), (1, 1024, 1), (1, 1, 1024))]
-    table = torch.cat([torch.stack([cos, sin], -1)[:, a:b] for (cos, sin), (a, b) in zip(parts, ((0, 22), (22, 43), (43, 64)))], 1)
+    spans = ((0, 22), (22, 43), (43, 64))
+    table = torch.cat([torch.stack([cos, sin], -1)[:, a:b] for (cos, sin), (a, b) in zip(parts, spans)], 1)
     assert maxdiff(table, ref["rope.freqs_real"]) < 1e-12
     assert maxdiff(sinusoidal_embedding(ref["sinusoidal.t"], 256), ref["sinusoidal.emb"]) < 1e-12
 
