@@ -1,0 +1,994 @@
+"""
+The three networks of Wan2.2-TI2V-5B in plain PyTorch, and the loader for the released weights.
+
+- WanModel: the 5B diffusion transformer (DiT) that predicts the flow velocity v ~ eps - x0.
+- WanVAE: the Wan2.2 video VAE, 4x16x16 compression to 48 latent channels, causal in time.
+- T5Encoder + TextEncoder: the umT5-XXL text encoder, its tokenizer and a prompt-embedding cache.
+- load_pretrained(ckpt_dir): all three from a checkpoint folder as released, native or -Diffusers.
+
+Notable features (each a place where a port can silently go wrong; spec wan22.md section 8):
+- 3-D RoPE, interleaved (real, imag) pairs split 22/21/21 over (frame, height, width), in float64.
+- adaLN with 6 modulation vectors per block and 2 in the head, computed per token and kept in fp32,
+  so that image-to-video can give latent frame 0 the timestep 0 (per-token timesteps).
+- q/k RMSNorm across all heads; cross-attention to umT5 text zero-padded to text_len, no mask.
+- The VAE streams over time with a causal cache (first frame alone, then chunks): memory stays flat
+  in the number of frames, and one-piece processing gives the same numbers.
+- Parameter names equal the official checkpoints, so state dicts load with strict=True.
+
+References: Wan (arXiv:2503.20314); github.com/Wan-Video/Wan2.2 @42bf4cfa wan/modules/{model,
+vae2_2,t5,tokenizers}.py, wan/configs/wan_ti2v_5B.py; diffusers convert_wan_to_diffusers.py
+@58eb52c0 (-Diffusers key names). Facts taken from there, code written anew.
+
+Dimension legend: B batch, C_in latent channels (z_dim), F/H/W latent frames/height/width,
+(pt, ph, pw) the DiT patch, (f, h, w) = (F/pt, H/ph, W/pw) token grid, L = f*h*w video tokens,
+S >= L padded tokens, C width, N heads, D head dim, Lt = text_len text slots, Lc true text length.
+
+Tests: python -m pytest tests/test_model_*.py -q (against the official outputs); benchmarks:
+python tests/bench_dit.py, tests/bench_vae.py, tests/bench_model_load.py.
+"""
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+# -----------------------------------------------------------------------------
+# configs: the preset tables are the only place sizes live
+
+@dataclass
+class DiTConfig:
+    dim: int = 3072                   # transformer width C
+    ffn_dim: int = 14336              # FFN hidden width
+    freq_dim: int = 256               # sinusoidal timestep embedding size
+    num_heads: int = 24               # head dim D = dim // num_heads = 128
+    num_layers: int = 30
+    in_dim: int = 48                  # latent channels = VAE z_dim
+    out_dim: int = 48
+    text_len: int = 512               # text slots Lt (umT5 tokens, zero-padded)
+    text_dim: int = 4096              # umT5-XXL width
+    patch_size: tuple = (1, 2, 2)     # (pt, ph, pw) over the latent grid (F, H, W)
+    eps: float = 1e-6
+
+
+@dataclass
+class VAEConfig:
+    dim: int = 160                    # encoder base width
+    dec_dim: int = 256                # decoder base width (the WanVAE_ class default, not passed by Wan2_2_VAE)
+    z_dim: int = 48                   # latent channels
+    dim_mult: tuple = (1, 2, 4, 4)    # width multipliers per stage
+    num_res_blocks: int = 2           # per encoder stage; decoder stages have one more
+    temperal_downsample: tuple = (False, True, True)   # official spelling; 2 temporal x2 stages
+
+
+@dataclass
+class T5Config:
+    vocab: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096              # num_heads * head dim
+    dim_ffn: int = 10240              # gated-GELU hidden width
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32             # relative-position buckets, one table per layer (umT5)
+
+
+# "5b" = wan/configs/wan_ti2v_5B.py + shared_config.py @42bf4cfa and the release's config.json,
+# field for field (spec wan22.md section 2). "tiny" = CPU-sized, mutually consistent:
+# DiT in_dim/out_dim == VAE z_dim, DiT text_dim == T5 dim, T5 vocab == the byte tokenizer's.
+DIT_CONFIGS = {
+    "tiny": DiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=2, in_dim=32, out_dim=32,
+                      text_len=256, text_dim=64),       # head dim 64 -> RoPE pairs 12/10/10
+    "5b": DiTConfig(),
+}
+VAE_CONFIGS = {
+    "tiny": VAEConfig(dim=16, dec_dim=16, z_dim=32),
+    "5b": VAEConfig(),                                   # wan/modules/vae2_2.py Wan2_2_VAE defaults
+}
+T5_CONFIGS = {
+    "tiny": T5Config(vocab=256 + 2, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2),
+    "5b": T5Config(),                                    # umt5_xxl() in wan/modules/t5.py
+}
+
+
+# -----------------------------------------------------------------------------
+# DiT helpers: time embedding, RoPE, fp32 islands
+
+def sinusoidal_embedding(t, dim):
+    """[cos(t w_j), sin(t w_j)], w_j = 10000^(-j/(dim/2)), j < dim/2 (cos half first), in float64 as
+    the official sinusoidal_embedding_1d. t: (M,) on the 0..1000 scale (not 0..1) -> (M, dim) float64."""
+    half = dim // 2
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
+    angles = torch.outer(t.to(torch.float64), freqs)                        # (M, dim/2)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)         # (M, dim)
+
+
+def rope_cos_sin(grid, head_dim, seq_len, device):
+    """cos, sin of the 3-D RoPE angles of the tokens in row-major (f, h, w) order: 2 x (S, head_dim/2).
+
+    The c = head_dim/2 complex pairs split n_t = c - 2*(c//3), n_h = n_w = c//3 (22/21/21 for D =
+    128) over the frame, height, width axes; each axis has its own ladder w_j = theta^(-2j/d_axis),
+    d_axis = 2 * n_axis real dims, theta = 10000 (official rope_params(1024, d), d = 44, 42, 42).
+    Token (i, j, k) (0-based on the patch grid) turns its frame pairs by i*w, height pairs by j*w,
+    width pairs by k*w, in float64. Padding tokens (index >= L) get angle 0: unrotated, as officially.
+    """
+    c = head_dim // 2
+    parts = (c - 2 * (c // 3), c // 3, c // 3)
+    inv = torch.cat([1.0 / torch.pow(10000.0, torch.arange(0, 2 * n, 2, dtype=torch.float64, device=device) / (2 * n))
+                     for n in parts])                                       # (D/2,)
+    axis = torch.arange(3, device=device).repeat_interleave(torch.tensor(parts, device=device))   # axis of each pair
+    pos = torch.cartesian_prod(*(torch.arange(n, dtype=torch.float64, device=device) for n in grid))  # (L, 3)
+    angles = pos.view(-1, 3)[:, axis] * inv                                 # (L, D/2)
+    angles = F.pad(angles, (0, 0, 0, seq_len - angles.shape[0]))           # (S, D/2)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the interleaved pairs (a, b) = (x[2i], x[2i+1]) of each head: (a cos - b sin, a sin + b cos)
+    = (a + ib) e^(i angle), in float64 like the official rope_apply -> float32. x (B, S, N, D)."""
+    a, b = x.to(torch.float64).unflatten(-1, (-1, 2)).unbind(-1)            # 2 x (B, S, N, D/2)
+    cos, sin = cos[:, None], sin[:, None]                                   # (S, 1, D/2)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).float()   # (B, S, N, D)
+
+
+def layer_norm32(x, weight=None, bias=None, eps=1e-6):
+    """LayerNorm over the last dim computed in fp32, returned in x's dtype (official WanLayerNorm)."""
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    return F.layer_norm(x.float(), x.shape[-1:], w, b, eps).type_as(x)
+
+
+def linear32(layer, x):
+    """An nn.Linear in fp32 whatever its weight dtype (the caller disables autocast): the official
+    autocast(dtype=float32) islands, made explicit because CPU autocast has no float32 mode."""
+    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight over the last dim, normalized in fp32 then cast back: the
+    DiT q/k norms (across all heads: C channels, not D) and the umT5 norms (WanRMSNorm, T5LayerNorm)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+# -----------------------------------------------------------------------------
+# DiT
+
+class WanAttention(nn.Module):
+    """softmax(q k^T / sqrt(D)) v per head, q/k RMSNorm across heads. Self-attention (RoPE, key-padding
+    mask) when context is None, else cross-attention to the text (no RoPE, no mask). q, k, v, o
+    stay plain nn.Linear so that train.py can wrap them (LoRA)."""
+
+    def __init__(self, dim, num_heads, eps):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def forward(self, x, context=None, cos=None, sin=None, key_mask=None):
+        kv = x if context is None else context
+        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))       # (B, S, N, D)
+        k = self.norm_k(self.k(kv)).unflatten(2, (self.num_heads, -1))      # (B, S or Lt, N, D)
+        v = self.v(kv).unflatten(2, (self.num_heads, -1))                   # (B, S or Lt, N, D)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # the official flash-attn call computes in the half dtype of the Linear outputs (bf16 under
+        # autocast) and in fp32 for fp32 runs: v carries that dtype, q and k are fp32 after RoPE
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=key_mask)            # (B, N, S, D)
+        return self.o(out.transpose(1, 2).flatten(2))                       # (B, S, C)
+
+
+class WanAttentionBlock(nn.Module):
+    """norm1 -> self-attn (gated) -> norm3 -> cross-attn (no gate) -> norm2 -> FFN (gated).
+
+    With m0..m5 = modulation + e0 (per token, fp32):
+        x = x + SelfAttn(LN(x) * (1 + m1) + m0) * m2
+        x = x + CrossAttn(LN_affine(x), text)
+        x = x + FFN(LN(x) * (1 + m4) + m3) * m5
+    The gated adds promote the residual stream to fp32 under bf16 autocast (official fp32 island).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = WanAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps)                     # the only affine LN
+        self.cross_attn = WanAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim ** 0.5)
+
+    def forward(self, x, e0, context, cos, sin, key_mask):
+        # Linear inputs go in the weights' dtype: a no-op for fp32 weights (autocast then picks bf16),
+        # and bf16 weights (cast on load, or FSDP mixed precision) also run without autocast
+        dt = self.norm3.weight.dtype
+        m = (self.modulation.float().unsqueeze(0) + e0).unbind(2)           # 6 x (B, S, C) fp32
+        h = layer_norm32(x, eps=self.eps).float() * (1 + m[1]) + m[0]
+        x = x + self.self_attn(h.to(dt), cos=cos, sin=sin, key_mask=key_mask) * m[2]
+        x = x + self.cross_attn(layer_norm32(x, self.norm3.weight, self.norm3.bias, self.eps).to(dt), context)
+        h = layer_norm32(x, eps=self.eps).float() * (1 + m[4]) + m[3]
+        return x + self.ffn(h.to(dt)) * m[5]                                # (B, S, C)
+
+
+class Head(nn.Module):
+    """out = Linear(LN(x) * (1 + scale) + shift), (shift, scale) = modulation + e, all in fp32; e is
+    the time_embedding output (before SiLU and time_projection), not the blocks' e0."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+
+    def forward(self, x, e):
+        with torch.autocast(x.device.type, enabled=False):
+            shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)   # 2 x (B, S, C)
+            x = layer_norm32(x.float(), eps=self.eps) * (1 + scale) + shift
+            return linear32(self.head, x)                                   # (B, S, pt*ph*pw*C_out)
+
+
+class WanModel(nn.Module):
+    """The Wan2.2 TI2V diffusion transformer: forward(x, t, context, seq_len=None) -> v.
+
+    x: (B, C_in, F, H, W). One shared shape per batch (RL rollouts share a shape), simpler than
+       the official list of differently-sized latents.
+    t: (B, L) per-token timesteps on the 0..1000 scale (image-to-video: 0 on the tokens of latent
+       frame 0), (B, S) including padding tokens, or (B,) one timestep for all tokens of a sample.
+    context: list of B tensors (Lc_b, text_dim) of true lengths, or a (B, Lt', text_dim) tensor,
+       Lt' <= text_len, whose rows beyond each true length are zero. Zero-padded to text_len here.
+    seq_len: optional padded token count S > L; padding tokens are masked as attention keys.
+    Returns (B, out_dim, F, H, W) float32. Set model.gradient_checkpointing = True to recompute
+    each block in backward. RoPE tables are cached per (grid, device), never in the state dict.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        head_dim = cfg.dim // cfg.num_heads
+        if cfg.dim % cfg.num_heads or head_dim % 2 or head_dim < 6:
+            raise ValueError(f"DiTConfig: dim {cfg.dim} / num_heads {cfg.num_heads} must give an even "
+                             f"head dim >= 6 for the 3-D RoPE split, got {cfg.dim / cfg.num_heads}")
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.gradient_checkpointing = False
+        self._rope_cache = {}        # (grid, seq_len, device) -> (cos, sin); plain dict: not state
+        self.init_weights()
+
+    def init_weights(self):
+        """Official init (WanModel.init_weights): Xavier Linears, N(0, .02) embeddings and a zero head
+        (a fresh model predicts v = 0); a no-op on the meta device."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.view(self.cfg.dim, -1))
+        for m in (self.text_embedding[0], self.text_embedding[2], self.time_embedding[0], self.time_embedding[2]):
+            nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+
+    def time_embed(self, t):
+        """t (B, S) -> e = time_embedding(sinusoid(t)) (B, S, C) for the head, e0 = Linear(SiLU(e))
+        (B, S, 6, C) for the blocks, in fp32 (official island). Per token: frame 0 can sit at t = 0."""
+        B, S = t.shape
+        emb = sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).float()   # (B*S, freq_dim)
+        te, tp = self.time_embedding, self.time_projection
+        with torch.autocast(t.device.type, enabled=False):
+            e = linear32(te[2], F.silu(linear32(te[0], emb))).unflatten(0, (B, S))   # (B, S, C)
+            e0 = linear32(tp[1], F.silu(e)).unflatten(2, (6, self.cfg.dim))           # (B, S, 6, C)
+        return e, e0
+
+    def embed_text(self, context, device):
+        """context (list of (Lc_b, text_dim) or (B, Lt', text_dim)) -> (B, Lt, C). Zero rows pad to
+        text_len BEFORE text_embedding: the pads enter cross-attention as text_embedding(0),
+        unmasked, as in the official model (and its training)."""
+        cfg = self.cfg
+        for i, c in enumerate(context):
+            if c.ndim != 2 or c.shape[1] != cfg.text_dim or c.shape[0] > cfg.text_len:
+                raise ValueError(f"context[{i}]: expected (Lc <= text_len={cfg.text_len}, text_dim="
+                                 f"{cfg.text_dim}), found {tuple(c.shape)}")
+        ctx = torch.stack([F.pad(c.to(device), (0, 0, 0, cfg.text_len - len(c))) for c in context])  # (B, Lt, text_dim)
+        return self.text_embedding(ctx.to(self.text_embedding[0].weight.dtype))       # (B, Lt, C)
+
+    def forward(self, x, t, context, seq_len=None):
+        cfg = self.cfg
+        pt, ph, pw = cfg.patch_size
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim or x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
+            raise ValueError(f"x: expected (B, in_dim={cfg.in_dim}, F, H, W) with F, H, W multiples of "
+                             f"the patch {cfg.patch_size}, found {tuple(x.shape)}")
+        B = x.shape[0]
+        if len(context) != B:
+            raise ValueError(f"context: expected {B} entries (one per sample), found {len(context)}")
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)       # (f, h, w)
+        L = math.prod(grid)
+        S = L if seq_len is None else int(seq_len)
+        if S < L:
+            raise ValueError(f"seq_len {S} is smaller than the {L} tokens of grid {grid}")
+
+        # tokens: patchify (a strided Conv3d), flatten (f, h, w) row-major, zero vectors pad to S
+        x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, C, f, h, w)
+        x = F.pad(x.flatten(2).transpose(1, 2), (0, 0, 0, S - L))          # (B, S, C)
+
+        if t.ndim == 1 and t.shape[0] == B:
+            t = t[:, None].expand(B, S)                                     # (B, S)
+        elif t.ndim == 2 and t.shape[0] == B and t.shape[1] in (L, S):
+            t = F.pad(t, (0, S - t.shape[1]))                               # (B, S); pad tokens: t=0, unused
+        else:
+            raise ValueError(f"t: expected ({B},), ({B}, L={L}) or ({B}, S={S}), found {tuple(t.shape)}")
+        e, e0 = self.time_embed(t)                                          # (B, S, C), (B, S, 6, C)
+        context = self.embed_text(context, x.device)                        # (B, Lt, C)
+        key = (grid, S, str(x.device))                                      # rollouts reuse one shape
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_cos_sin(grid, cfg.dim // cfg.num_heads, S, x.device)
+        cos, sin = self._rope_cache[key]                                    # 2 x (S, D/2)
+        # key-padding mask only when there is padding: keeps SDPA on its fused kernels otherwise
+        key_mask = None if S == L else (torch.arange(S, device=x.device) < L).view(1, 1, 1, S)
+
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, e0, context, cos, sin, key_mask, use_reentrant=False)
+            else:
+                x = block(x, e0, context, cos, sin, key_mask)               # (B, S, C)
+        x = self.head(x, e)[:, :L]                                          # (B, L, pt*ph*pw*C_out)
+
+        # unpatchify: head features are ordered (pt, ph, pw, c), c fastest
+        f, h, w = grid
+        x = x.reshape(B, f, h, w, pt, ph, pw, cfg.out_dim)                  # (B, f, h, w, pt, ph, pw, C_out)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)                               # (B, C_out, f, pt, h, ph, w, pw)
+        return x.reshape(B, cfg.out_dim, f * pt, h * ph, w * pw).float()    # (B, C_out, F, H, W)
+
+
+# -----------------------------------------------------------------------------
+# VAE building blocks. Streaming: every module that looks at earlier frames keeps its state in a
+# `cache` dict (keyed by the module) that lives for one encode/decode call. A fresh dict = frame 0.
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded 2*p_t frames in front only (causal), p on each spatial side. The front frames are
+    the previous chunk's last 2*p_t inputs (zeros for the first chunk), so chunk-by-chunk equals
+    one causal conv over the whole clip."""
+
+    def __init__(self, cin, cout, kernel, stride=1, padding=0):
+        super().__init__(cin, cout, kernel, stride=stride)
+        p = (padding,) * 3 if isinstance(padding, int) else padding
+        self.time_pad, self.space_pad = 2 * p[0], (p[2], p[2], p[1], p[1])
+
+    def forward(self, x, cache):
+        if self.time_pad:
+            prev = cache.get(self)
+            if prev is None:
+                prev = x.new_zeros(*x.shape[:2], self.time_pad, *x.shape[3:])
+            x = torch.cat([prev, x], 2)                                     # (B, C, pad + T, H, W)
+            cache[self] = x[:, :, -self.time_pad:].clone()                  # clone: keep 2 frames, not the chunk
+        return super().forward(F.pad(x, self.space_pad))
+
+
+class ChannelRMSNorm(nn.Module):
+    """y = x / max(||x||_2 over channels, 1e-12) * sqrt(C) * gamma (official RMS_norm: L2
+    normalize, no mean-square + eps). gamma is (C, 1, 1, 1) for videos, (C, 1, 1) per frame."""
+
+    def __init__(self, dim, images=False):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+
+    def forward(self, x):
+        return F.normalize(x, dim=1) * (x.shape[1] ** 0.5) * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    """x + CausalConv(SiLU(Norm(CausalConv(SiLU(Norm(x)))))), 1x1x1 conv shortcut when widths differ."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        # indices as in the official nn.Sequential, so the keys are residual.{0,2,3,6}
+        self.residual = nn.Sequential(ChannelRMSNorm(cin), nn.SiLU(), CausalConv3d(cin, cout, 3, padding=1),
+                                      ChannelRMSNorm(cout), nn.SiLU(), nn.Dropout(0.0),
+                                      CausalConv3d(cout, cout, 3, padding=1))
+        self.shortcut = CausalConv3d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, cache):
+        r = self.residual
+        h = r[2](F.silu(r[0](x)), cache)
+        h = r[6](F.silu(r[3](h)), cache)                                    # r[5] is Dropout(0)
+        return h + (x if self.shortcut is None else self.shortcut(x, cache))
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the H*W pixels of each frame (time folded into batch)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = ChannelRMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        B, C, T, H, W = x.shape
+        h = x.transpose(1, 2).reshape(B * T, C, H, W)                       # (B*T, C, H, W)
+        qkv = self.to_qkv(self.norm(h)).flatten(2).transpose(1, 2)          # (B*T, H*W, 3C)
+        q, k, v = qkv.unsqueeze(1).chunk(3, dim=-1)                         # 3 x (B*T, 1, H*W, C)
+        h = F.scaled_dot_product_attention(q, k, v).squeeze(1)              # (B*T, H*W, C)
+        h = self.proj(h.transpose(1, 2).reshape(B * T, C, H, W))            # (B*T, C, H, W)
+        return x + h.reshape(B, T, C, H, W).transpose(1, 2)                 # (B, C, T, H, W)
+
+
+class Resample(nn.Module):
+    """Spatial x2 per frame (up: nearest + 3x3 conv; down: pad right/bottom + stride-2 3x3 conv),
+    with a temporal x2 step when `temporal`. Both temporal steps keep frame 0 alone:
+      down: frames x_0..x_{T-1} -> [x_0] + stride-2 valid conv windows (x0,x1,x2), (x2,x3,x4), ...
+      up:   x_0 -> x_0; x_1.. -> causal conv (2 zero frames in front, never sees x_0) to 2C
+            channels, split into two frames each (first C channels = the earlier frame).
+    This is the official chunk loop's behaviour (vae2_2.py Resample, feat_cache) in closed form."""
+
+    def __init__(self, dim, up, temporal):
+        super().__init__()
+        self.up, self.temporal = up, temporal
+        self.resample = nn.Sequential(
+            nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact") if up else nn.ZeroPad2d((0, 1, 0, 1)),
+            nn.Conv2d(dim, dim, 3, padding=1) if up else nn.Conv2d(dim, dim, 3, stride=2))
+        if temporal:       # up: to 2C channels, 2 zero frames in front; down: stride 2, no padding
+            self.time_conv = (CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0)) if up
+                              else CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)))
+
+    def forward(self, x, cache):
+        if self.up and self.temporal:
+            first = self not in cache                                       # this chunk holds frame 0
+            cache[self] = True
+            x0, x = (x[:, :, :1], x[:, :, 1:]) if first else (x[:, :, :0], x)
+            if x.shape[2]:
+                x = self.time_conv(x, cache)                                # (B, 2C, T, H, W)
+                x = x.unflatten(1, (2, -1)).permute(0, 2, 3, 1, 4, 5).flatten(2, 3)   # (B, C, 2T, H, W)
+            x = torch.cat([x0, x], 2)
+        B, C, T = x.shape[:3]
+        x = self.resample(x.transpose(1, 2).flatten(0, 1))                  # (B*T, C, H', W')
+        x = x.unflatten(0, (B, T)).transpose(1, 2)                          # (B, C, T, H', W')
+        if not self.up and self.temporal:
+            prev = cache.get(self)
+            cache[self] = x[:, :, -1:].clone()
+            if prev is not None:                                            # window starts at the last frame
+                x = self.time_conv(torch.cat([prev, x], 2), cache)          # of the previous chunk
+            elif x.shape[2] > 1:
+                x = torch.cat([x[:, :, :1], self.time_conv(x, cache)], 2)
+        return x
+
+
+def avg_down(x, cout, ft, fs):
+    """Parameter-free shortcut (official AvgDown3D): zero frames in front to a multiple of ft, fold
+    each ft x fs x fs block into channels (channel-major), average groups of channels down to cout."""
+    x = F.pad(x, (0, 0, 0, 0, (-x.shape[2]) % ft, 0))
+    B, C, T, H, W = x.shape
+    x = x.view(B, C, T // ft, ft, H // fs, fs, W // fs, fs)                 # (B, C, T', ft, H', fs, W', fs)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)                                   # (B, C, ft, fs, fs, T', H', W')
+    return x.reshape(B, cout, -1, T // ft, H // fs, W // fs).mean(2)        # (B, cout, T', H', W')
+
+
+def dup_up(x, cout, ft, fs, first):
+    """Parameter-free shortcut (official DupUp3D): repeat channels, unfold them into ft x fs x fs
+    blocks; the chunk holding frame 0 drops its first ft - 1 frames (frame 0 maps to one frame)."""
+    B, C, T, H, W = x.shape
+    x = x.repeat_interleave(cout * ft * fs * fs // C, dim=1)                # (B, cout*ft*fs*fs, T, H, W)
+    x = x.view(B, cout, ft, fs, fs, T, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)   # (B, cout, T, ft, H, fs, W, fs)
+    x = x.reshape(B, cout, T * ft, H * fs, W * fs)
+    return x[:, :, ft - 1:] if first else x
+
+
+def middle_blocks(dim):
+    """Residual, per-frame attention, residual: the lowest resolution of encoder and decoder."""
+    return nn.ModuleList([ResidualBlock(dim, dim), AttentionBlock(dim), ResidualBlock(dim, dim)])
+
+
+class DownBlock(nn.Module):
+    """Encoder stage (official Down_ResidualBlock): residual blocks, optional Resample, + avg_down(x)."""
+
+    def __init__(self, cin, cout, num_blocks, down, temporal):
+        super().__init__()
+        blocks = [ResidualBlock(cin if i == 0 else cout, cout) for i in range(num_blocks)]
+        self.downsamples = nn.ModuleList(blocks + ([Resample(cout, up=False, temporal=temporal)] if down else []))
+        self.cout, self.ft, self.fs = cout, 2 if temporal else 1, 2 if down else 1
+
+    def forward(self, x, cache):
+        h = x
+        for m in self.downsamples:
+            h = m(h, cache)
+        return h + avg_down(x, self.cout, self.ft, self.fs)
+
+
+class UpBlock(nn.Module):
+    """Decoder stage (official Up_ResidualBlock): residual blocks, optional Resample, + dup_up(x) if
+    it upsamples (the last stage has no shortcut at all)."""
+
+    def __init__(self, cin, cout, num_blocks, up, temporal):
+        super().__init__()
+        blocks = [ResidualBlock(cin if i == 0 else cout, cout) for i in range(num_blocks)]
+        self.upsamples = nn.ModuleList(blocks + ([Resample(cout, up=True, temporal=temporal)] if up else []))
+        self.up, self.cout, self.ft = up, cout, 2 if temporal else 1
+
+    def forward(self, x, cache):
+        h = x
+        for m in self.upsamples:
+            h = m(h, cache)
+        if not self.up:
+            return h
+        first = self not in cache
+        cache[self] = True
+        return h + dup_up(x, self.cout, self.ft, 2, first)
+
+
+class Encoder3d(nn.Module):
+    """(B, 12, T, H, W) patchified video -> (B, 2*z_dim, 1 + (T-1)/4, H/8, W/8): mu and log-var."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        dims = [cfg.dim * m for m in (1, *cfg.dim_mult)]                    # 5B: 160, 160, 320, 640, 640
+        n = len(cfg.dim_mult)
+        self.conv1 = CausalConv3d(12, dims[0], 3, padding=1)
+        self.downsamples = nn.ModuleList(
+            DownBlock(dims[i], dims[i + 1], cfg.num_res_blocks, down=i != n - 1,
+                      temporal=i != n - 1 and i < len(cfg.temperal_downsample) and cfg.temperal_downsample[i])
+            for i in range(n))
+        self.middle = middle_blocks(dims[-1])
+        self.head = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(),
+                                  CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1))
+
+    def forward(self, x, cache):
+        x = self.conv1(x, cache)
+        for stage in self.downsamples:
+            x = stage(x, cache)
+        x = self.middle[2](self.middle[1](self.middle[0](x, cache)), cache)
+        return self.head[2](F.silu(self.head[0](x)), cache)
+
+
+class Decoder3d(nn.Module):
+    """(B, z_dim, T, h, w) -> (B, 12, 4T-3, 8h, 8w) patchified video (before unpatchify)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        dims = [cfg.dec_dim * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]   # 5B: 1024, 1024, 1024, 512, 256
+        n = len(cfg.dim_mult)
+        temporal_up = tuple(cfg.temperal_downsample)[::-1]
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = middle_blocks(dims[0])
+        self.upsamples = nn.ModuleList(
+            UpBlock(dims[i], dims[i + 1], cfg.num_res_blocks + 1, up=i != n - 1,
+                    temporal=i != n - 1 and i < len(temporal_up) and temporal_up[i])
+            for i in range(n))
+        self.head = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 12, 3, padding=1))
+
+    def forward(self, x, cache):
+        x = self.conv1(x, cache)
+        x = self.middle[2](self.middle[1](self.middle[0](x, cache)), cache)
+        for stage in self.upsamples:
+            x = stage(x, cache)
+        return self.head[2](F.silu(self.head[0](x)), cache)
+
+
+def patchify(x):
+    """(B, 3, F, H, W) -> (B, 12, F, H/2, W/2); channel = c*4 + r*2 + q, q the row (h) offset and
+    r the column (w) offset (official einops 'b c f (h q) (w r) -> b (c r q) f h w')."""
+    B, C, T, H, W = x.shape
+    x = x.view(B, C, T, H // 2, 2, W // 2, 2)                               # (B, C, T, h, q, w, r)
+    return x.permute(0, 1, 6, 4, 2, 3, 5).reshape(B, C * 4, T, H // 2, W // 2)
+
+
+def unpatchify(x):
+    """Inverse of patchify: (B, 12, F, h, w) -> (B, 3, F, 2h, 2w)."""
+    B, C4, T, h, w = x.shape
+    x = x.view(B, C4 // 4, 2, 2, T, h, w)                                   # (B, C, r, q, T, h, w)
+    return x.permute(0, 1, 4, 5, 3, 6, 2).reshape(B, C4 // 4, T, h * 2, w * 2)
+
+
+# the official per-channel latent statistics (wan/modules/vae2_2.py Wan2_2_VAE.__init__, spec 4.7)
+WAN22_LATENT_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667)
+WAN22_LATENT_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744)
+
+
+class WanVAE(nn.Module):
+    """The Wan2.2 VAE: encode(video) -> normalized latent, decode(latent) -> video in [-1, 1].
+
+    Streams over time (frame 0 alone, then `chunk` frames at a time) through the causal cache, so
+    activation memory does not grow with the clip; chunk=None = one piece, same numbers. No no_grad,
+    in-place op or detached cache inside: the tiny VAE trains by backprop through encode and
+    decode(z, clamp=False). Latents are normalized z = (mu - mean) / std per channel with plain
+    attributes, not state (the official .pth has none): the official 48 values when z_dim == 48,
+    else 0 / 1; set_latent_stats(mean, std) sets measured ones (save them beside the weights).
+    """
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder3d(cfg)
+        self.conv1 = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1)
+        self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
+        self.decoder = Decoder3d(cfg)
+        official = cfg.z_dim == len(WAN22_LATENT_MEAN)
+        self.set_latent_stats(WAN22_LATENT_MEAN if official else [0.0] * cfg.z_dim,
+                              WAN22_LATENT_STD if official else [1.0] * cfg.z_dim)
+
+    def set_latent_stats(self, mean, std):
+        """z_dim per-channel means and stds of the raw encoder means (mu), used by encode and decode."""
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+        if len(mean) != self.cfg.z_dim or len(std) != self.cfg.z_dim or min(std) <= 0:
+            raise ValueError(f"latent stats: expected {self.cfg.z_dim} means and {self.cfg.z_dim} positive "
+                             f"stds, found {len(mean)} and {len(std)} (min std {min(std, default=None)})")
+        self.latent_mean, self.latent_std = tuple(mean), tuple(std)
+
+    def _stats(self, device):     # float32 mean and 1/std, as the official scale = [mean, 1/std]
+        as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+        return as_t(self.latent_mean), 1.0 / as_t(self.latent_std)
+
+    def encode(self, video, chunk=4):
+        """video (B, 3, F, H, W) in [-1, 1], F = 4k+1, H and W multiples of 16 -> latent
+        (B, z_dim, k+1, H/16, W/16), normalized. chunk: video frames per step after frame 0 (a
+        multiple of 4; the official loop uses 4), or None for one piece. The log-variance half of
+        the encoder output is discarded: the latent is the deterministic mean."""
+        if video.ndim != 5 or video.shape[1] != 3 or video.shape[2] % 4 != 1 or any(n % 16 for n in video.shape[3:]):
+            raise ValueError(f"video: expected (B, 3, F, H, W), F = 4k+1 frames, H, W multiples of 16, "
+                             f"found {tuple(video.shape)}")
+        if chunk is not None and (chunk < 4 or chunk % 4):
+            raise ValueError(f"encode chunk: expected a positive multiple of 4 frames or None, found {chunk}")
+        T = video.shape[2]
+        cuts = [0, T] if chunk is None else [0, *range(1, T, chunk), T]
+        x = patchify(video.to(self.conv1.weight.dtype))                     # (B, 12, F, H/2, W/2)
+        cache = {}
+        mu = torch.cat([self.encoder(x[:, :, a:b], cache) for a, b in zip(cuts[:-1], cuts[1:])], 2)
+        mu = self.conv1(mu, cache)[:, :self.cfg.z_dim]                      # (B, z_dim, k+1, H/16, W/16)
+        mean, inv_std = self._stats(mu.device)
+        return (mu - mean) * inv_std
+
+    def decode(self, latent, clamp=True, chunk=1):
+        """latent (B, z_dim, T, h, w) -> video (B, 3, 4T-3, 16h, 16w), clamped to [-1, 1] unless
+        clamp=False (for training). chunk: latent frames per step after frame 0 (official 1), or None."""
+        if latent.ndim != 5 or latent.shape[1] != self.cfg.z_dim:
+            raise ValueError(f"latent: expected (B, z_dim={self.cfg.z_dim}, T, h, w), found {tuple(latent.shape)}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"decode chunk: expected >= 1 latent frames or None, found {chunk}")
+        T = latent.shape[2]
+        cuts = [0, T] if chunk is None else [0, *range(1, T, chunk), T]
+        mean, inv_std = self._stats(latent.device)
+        cache = {}
+        z = self.conv2((latent.float() / inv_std + mean).to(self.conv2.weight.dtype), cache)
+        out = torch.cat([unpatchify(self.decoder(z[:, :, a:b], cache)) for a, b in zip(cuts[:-1], cuts[1:])], 2)
+        return out.clamp(-1, 1) if clamp else out                           # (B, 3, 4T-3, 16h, 16w)
+
+
+# -----------------------------------------------------------------------------
+# umT5 encoder
+
+def relative_position_bucket(length, num_buckets, max_dist=128, device=None):
+    """Bidirectional T5 bucket of rel = key - query, (length, length) int64 (official
+    T5RelativeEmbedding._relative_position_bucket, float32 log like there): nb = num_buckets/2 per
+    sign, exact buckets below e = nb/2, log-spaced ones up to max_dist:
+        bucket = nb*[rel > 0] + (|rel| if |rel| < e else min(nb-1, e + floor(ln(|rel|/e) / ln(max_dist/e) * (nb-e))))
+    """
+    pos = torch.arange(length, device=device)
+    rel = pos[None, :] - pos[:, None]                                       # (Lq, Lk)
+    nb = num_buckets // 2
+    exact = nb // 2
+    n = rel.abs()
+    large = exact + (torch.log(n.clamp(min=1).float() / exact) / math.log(max_dist / exact) * (nb - exact)).long()
+    return (rel > 0).long() * nb + torch.where(n < exact, n, large.clamp(max=nb - 1))
+
+
+class T5Block(nn.Module):
+    """Pre-norm umT5 layer with its own relative-position bias:
+        x = x + o(softmax(q k^T + bias) v)     (no 1/sqrt(d): T5 folds it into the init)
+        x = x + fc2(fc1(h) * GELU_tanh(gate(h))),   h = RMSNorm(x)
+    Padded keys get bias = finfo.min (replacing the position bias), softmax in fp32. Dropout is
+    left out: the encoder only runs in eval."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.num_heads, self.num_buckets = cfg.num_heads, cfg.num_buckets
+        self.norm1 = RMSNorm(cfg.dim)
+        self.attn = nn.ModuleDict({n: nn.Linear(cfg.dim, cfg.dim_attn, bias=False) for n in "qkv"})
+        self.attn.o = nn.Linear(cfg.dim_attn, cfg.dim, bias=False)
+        self.norm2 = RMSNorm(cfg.dim)
+        self.ffn = nn.ModuleDict(dict(gate=nn.Sequential(nn.Linear(cfg.dim, cfg.dim_ffn, bias=False),
+                                                         nn.GELU(approximate="tanh")),
+                                      fc1=nn.Linear(cfg.dim, cfg.dim_ffn, bias=False),
+                                      fc2=nn.Linear(cfg.dim_ffn, cfg.dim, bias=False)))
+        self.pos_embedding = nn.ModuleDict(dict(embedding=nn.Embedding(cfg.num_buckets, cfg.num_heads)))
+
+    def forward(self, x, mask):
+        B, L, _ = x.shape
+        buckets = relative_position_bucket(L, self.num_buckets, device=x.device)
+        bias = self.pos_embedding.embedding(buckets).permute(2, 0, 1)[None].to(x.dtype)   # (1, N, L, L)
+        bias = bias.masked_fill(mask.view(B, 1, 1, L) == 0, torch.finfo(x.dtype).min)     # (B, N, L, L)
+        h = self.norm1(x)
+        q, k, v = (self.attn[n](h).unflatten(2, (self.num_heads, -1)) for n in "qkv")     # 3 x (B, L, N, d)
+        logits = torch.einsum("binc,bjnc->bnij", q, k) + bias                              # (B, N, L, L)
+        p = F.softmax(logits.float(), dim=-1).type_as(logits)
+        x = x + self.attn.o(torch.einsum("bnij,bjnc->binc", p, v).flatten(2))              # (B, L, dim)
+        h = self.norm2(x)
+        return x + self.ffn.fc2(self.ffn.fc1(h) * self.ffn.gate(h))
+
+
+class T5Encoder(nn.Module):
+    """umT5 encoder: forward(ids (B, L) int64, mask (B, L) 1 = token / 0 = pad) -> (B, L, dim)."""
+
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab, cfg.dim)
+        self.blocks = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.dim)
+        # default init: real weights come from the checkpoint, the tiny encoder is random and frozen
+
+    def forward(self, ids, mask):
+        if ids.shape != mask.shape or ids.ndim != 2:
+            raise ValueError(f"ids, mask: expected one (B, L) shape, found {tuple(ids.shape)}, {tuple(mask.shape)}")
+        x = self.token_embedding(ids)                                       # (B, L, dim)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+
+BYTE_PAD, BYTE_EOS, BYTE_OFFSET = 0, 1, 2      # byte tokenizer ids: 0 pad, 1 end of text, 2 + byte value
+
+
+def byte_tokenize(prompts, text_len):
+    """The tiny config's tokenizer: UTF-8 bytes + BYTE_OFFSET, then EOS, truncated to text_len
+    (EOS kept last), padded with BYTE_PAD -> ids, mask (B, text_len) int64. Vocab = 256 + 2."""
+    rows = [[b + BYTE_OFFSET for b in p.encode("utf-8")][:text_len - 1] + [BYTE_EOS] for p in prompts]
+    ids = torch.tensor([r + [BYTE_PAD] * (text_len - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (text_len - len(r)) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
+class TextEncoder:
+    """encode(prompts: list[str]) -> list of (Lc, dim) umT5 features trimmed to each true length (Lc
+    counts the EOS), left where computed. Each distinct prompt is encoded once and cached, so the
+    encoder can leave the GPU once a run's prompts are known. tokenizer_file: a HuggingFace
+    tokenizer.json (real umT5, via the optional `tokenizers` package); None = byte_tokenize (tiny).
+    """
+
+    def __init__(self, model: T5Encoder, text_len: int, tokenizer_file=None):
+        self.model, self.text_len, self.cache = model, text_len, {}
+        self.tokenizer = None
+        if tokenizer_file is not None:
+            try:
+                from tokenizers import Tokenizer
+            except ImportError as e:
+                raise ImportError("the real umT5 tokenizer needs the `tokenizers` package: "
+                                  "pip install tokenizers (or this project's [umt5] extra)") from e
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            pad = self.tokenizer.token_to_id("<pad>")
+            self.tokenizer.enable_truncation(text_len)             # counts the </s> it appends
+            self.tokenizer.enable_padding(length=text_len, pad_id=0 if pad is None else pad)
+
+    def tokenize(self, prompts):
+        """-> ids, mask (B, text_len) int64"""
+        if self.tokenizer is None:
+            return byte_tokenize(prompts, self.text_len)
+        # the official 'whitespace' cleaning: html-unescape twice, collapse whitespace runs, strip
+        # (its ftfy.fix_text, which only repairs mojibake, is left out: one dependency fewer)
+        clean = [re.sub(r"\s+", " ", html.unescape(html.unescape(p))).strip() for p in prompts]
+        enc = self.tokenizer.encode_batch(clean, add_special_tokens=True)
+        return (torch.tensor([e.ids for e in enc], dtype=torch.long),
+                torch.tensor([e.attention_mask for e in enc], dtype=torch.long))
+
+    @torch.no_grad()
+    def encode(self, prompts):
+        new = list(dict.fromkeys(p for p in prompts if p not in self.cache))
+        if new:
+            ids, mask = self.tokenize(new)
+            device = self.model.token_embedding.weight.device
+            out = self.model(ids.to(device), mask.to(device))                  # (B, text_len, dim)
+            for p, o, k in zip(new, out, mask.sum(1).tolist()):
+                self.cache[p] = o[:k].clone()
+        return [self.cache[p] for p in prompts]
+
+
+# -----------------------------------------------------------------------------
+# checkpoint loading: build on meta, assign memory-mapped tensors file by file, strict key check
+
+NATIVE_DIT, NATIVE_VAE, NATIVE_T5 = "diffusion_pytorch_model", "Wan2.2_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"
+NATIVE_TOKENIZER = "google/umt5-xxl/tokenizer.json"
+
+# native -> -Diffusers names (spec 7.2 / 7.4 / 7.5; diffusers convert_wan_to_diffusers.py @58eb52c0).
+# Applied in order with re.sub; tests check them against the full-size maps in ../shared/oracle.
+DIT_TO_DIFFUSERS = [
+    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
+    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
+    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
+    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
+    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
+    (r"^head\.modulation$", "scale_shift_table"), (r"^head\.head\.", "proj_out."),
+    (r"\.modulation$", ".scale_shift_table"),
+    (r"\.self_attn\.", ".attn1."), (r"\.cross_attn\.", ".attn2."),
+    (r"\.attn(\d)\.([qkv])\.", r".attn\1.to_\2."), (r"\.attn(\d)\.o\.", r".attn\1.to_out.0."),
+    (r"\.norm3\.", ".norm2."),                     # diffusers calls the pre-cross-attn LN norm2
+    (r"\.ffn\.0\.", ".ffn.net.0.proj."), (r"\.ffn\.2\.", ".ffn.net.2."),
+]
+VAE_TO_DIFFUSERS = [
+    (r"^(en|de)coder\.conv1\.", r"\1coder.conv_in."),
+    (r"^conv1\.", "quant_conv."), (r"^conv2\.", "post_quant_conv."),
+    (r"^(en|de)coder\.middle\.0\.", r"\1coder.mid_block.resnets.0."),
+    (r"^(en|de)coder\.middle\.1\.", r"\1coder.mid_block.attentions.0."),
+    (r"^(en|de)coder\.middle\.2\.", r"\1coder.mid_block.resnets.1."),
+    (r"^(en|de)coder\.head\.0\.", r"\1coder.norm_out."), (r"^(en|de)coder\.head\.2\.", r"\1coder.conv_out."),
+    (r"^encoder\.downsamples\.(\d+)\.downsamples\.\d+\.(resample|time_conv)", r"encoder.down_blocks.\1.downsampler.\2"),
+    (r"^encoder\.downsamples\.(\d+)\.downsamples\.", r"encoder.down_blocks.\1.resnets."),
+    (r"^decoder\.upsamples\.(\d+)\.upsamples\.\d+\.(resample|time_conv)", r"decoder.up_blocks.\1.upsampler.\2"),
+    (r"^decoder\.upsamples\.(\d+)\.upsamples\.", r"decoder.up_blocks.\1.resnets."),
+    (r"\.residual\.0\.", ".norm1."), (r"\.residual\.2\.", ".conv1."), (r"\.residual\.3\.", ".norm2."),
+    (r"\.residual\.6\.", ".conv2."), (r"\.shortcut\.", ".conv_shortcut."),
+]
+T5_TO_HF = [   # (native gate = wi_0 is the GELU branch, fc1 = wi_1 the linear one)
+    (r"^token_embedding\.", "shared."), (r"^norm\.", "encoder.final_layer_norm."), (r"^blocks\.", "encoder.block."),
+    (r"\.norm1\.", ".layer.0.layer_norm."), (r"\.attn\.", ".layer.0.SelfAttention."),
+    (r"\.norm2\.", ".layer.1.layer_norm."),
+    (r"\.pos_embedding\.embedding\.", ".layer.0.SelfAttention.relative_attention_bias."),
+    (r"\.ffn\.gate\.0\.", ".layer.1.DenseReluDense.wi_0."), (r"\.ffn\.fc1\.", ".layer.1.DenseReluDense.wi_1."),
+    (r"\.ffn\.fc2\.", ".layer.1.DenseReluDense.wo."),
+]
+T5_HF_ALIASES = {"encoder.embed_tokens.weight": "shared.weight"}     # HF ties (and may save) both
+
+
+def rename_key(key, rules):
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _open_weights(path):
+    """-> (shapes {key: shape}, get(key) -> tensor) without reading the data: .safetensors through
+    safe_open (memory-mapped), .pth through torch.load(mmap=True, weights_only=True)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            f = safe_open(str(path), framework="pt")
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, f.get_tensor
+        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:   # the readers' own errors do not say which file, or that it is truncated
+        raise ValueError(f"{path}: cannot read the weights, the file is truncated or corrupt "
+                         f"({type(e).__name__}: {e})") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors), found {type(sd).__name__}")
+    return {k: tuple(v.shape) for k, v in sd.items()}, sd.__getitem__
+
+
+def load_weights(model, paths, rules=(), aliases=None, dtype=None, device="cpu"):
+    """Fill a meta-built `model` from weights files, strictly: every key present, none extra or twice,
+    shapes equal (file keys = rename_key(own key, rules)). One file at a time, each tensor is cast
+    to `dtype` and moved to `device` straight out of the memory map (no copy when neither changes)
+    and the file is released before the next: peak host memory stays near one copy of the weights.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found, duplicate = {}, []                          # file key -> (path, shape, key inside that file)
+    for p in paths:
+        for k, s in _open_weights(p)[0].items():
+            if k in found:
+                duplicate.append(f"  {k} in {found[k][0]} and {p}")
+            found[k] = (p, s, k)
+    for alias, name in (aliases or {}).items():        # a tied duplicate is fine, as is either name alone
+        if alias in found:
+            found.setdefault(name, found.pop(alias))
+    fk = {k: rename_key(k, rules) for k in expected}   # our key -> file key
+    errors = {"missing keys": [f"  {k} {list(s)}" + f" (as {fk[k]})" * (fk[k] != k)
+                               for k, s in expected.items() if fk[k] not in found],
+              "unexpected keys": [f"  {k} {list(s)} in {p}" for k, (p, s, _) in found.items() if k not in fk.values()],
+              "misshaped keys": [f"  {k}: expected {list(s)}, found {list(found[fk[k]][1])} in {found[fk[k]][0]}"
+                                 for k, s in expected.items() if fk[k] in found and found[fk[k]][1] != s],
+              "duplicate keys": duplicate}
+    if any(errors.values()):
+        msg = [f"weights do not fit {type(model).__name__}({model.cfg}) (files: {', '.join(map(str, paths))})"]
+        for title, rows in errors.items():
+            if rows:
+                msg += [f"{title} ({len(rows)}):"] + rows[:40] + [f"  ... {len(rows) - 40} more"] * (len(rows) > 40)
+        raise ValueError("\n".join(msg))
+    state = {}
+    for p in paths:
+        get = _open_weights(p)[1]
+        for k in expected:
+            if found[fk[k]][0] == p:
+                state[k] = get(found[fk[k]][2]).to(device=device, dtype=dtype)
+        del get                                        # unmaps this file unless tensors still view it
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _safetensors_files(folder, stem):
+    """stem.safetensors.index.json (sharded) or stem.safetensors (single file) -> list of paths."""
+    index, single = folder / f"{stem}.safetensors.index.json", folder / f"{stem}.safetensors"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        for s in shards:
+            if not (folder / s).is_file():
+                raise FileNotFoundError(f"{folder / s}: shard listed in {index} not found")
+        return [folder / s for s in shards]
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"{folder}: no weights, looked for {index.name} and {single.name}")
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the config ({e})") from e
+
+
+def load_pretrained(ckpt_dir, dtype=torch.float32, device="cpu", text_dtype=torch.bfloat16,
+                    dit_cfg=None, vae_cfg=None, t5_cfg=None):
+    """A released Wan2.2-TI2V-5B folder, native or -Diffusers -> (WanModel, WanVAE, TextEncoder).
+
+    dtype: the DiT weights (released in fp32; bf16 halves memory); the VAE stays fp32 as in the
+    official code; text_dtype: the umT5 weights (shipped in bf16). Configs are read where the
+    release has them (native config.json: official field names, missing ones = the 5B values;
+    -Diffusers: transformer/, vae/, text_encoder/ config.json, without text_len, so 512), else the
+    5B presets; pass dit_cfg / vae_cfg / t5_cfg to override (e.g. for tiny test folders).
+    """
+    d = Path(ckpt_dir)
+    diffusers = (d / "model_index.json").is_file() or (d / "transformer").is_dir()
+    if not diffusers and not ((d / "config.json").is_file() or list(d.glob(f"{NATIVE_DIT}*.safetensors*"))):
+        raise FileNotFoundError(
+            f"{d} is not a Wan2.2-TI2V-5B checkpoint folder: looked for the native layout (config.json, "
+            f"{NATIVE_DIT}.safetensors[.index.json], {NATIVE_VAE}, {NATIVE_T5}, {NATIVE_TOKENIZER}) and "
+            f"for the -Diffusers layout (model_index.json, transformer/, vae/, text_encoder/, tokenizer/)")
+    stats = None
+    if diffusers:
+        c = _read_json(d / "transformer" / "config.json")
+        dit_cfg = dit_cfg or DiTConfig(
+            dim=c["num_attention_heads"] * c["attention_head_dim"], ffn_dim=c["ffn_dim"], freq_dim=c["freq_dim"],
+            num_heads=c["num_attention_heads"], num_layers=c["num_layers"], in_dim=c["in_channels"],
+            out_dim=c["out_channels"], text_dim=c["text_dim"], patch_size=tuple(c["patch_size"]), eps=c["eps"])
+        c = _read_json(d / "vae" / "config.json")
+        if not c.get("is_residual", False):
+            raise ValueError(f"{d / 'vae' / 'config.json'}: not the Wan2.2 VAE (is_residual is not true)")
+        vae_cfg = vae_cfg or VAEConfig(dim=c["base_dim"], dec_dim=c["decoder_base_dim"], z_dim=c["z_dim"],
+                                       dim_mult=tuple(c["dim_mult"]), num_res_blocks=c["num_res_blocks"],
+                                       temperal_downsample=tuple(c["temperal_downsample"]))
+        stats = (c["latents_mean"], c["latents_std"]) if "latents_mean" in c else None
+        c = _read_json(d / "text_encoder" / "config.json")
+        t5_cfg = t5_cfg or T5Config(vocab=c["vocab_size"], dim=c["d_model"], dim_attn=c["d_kv"] * c["num_heads"],
+                                    dim_ffn=c["d_ff"], num_heads=c["num_heads"], num_layers=c["num_layers"],
+                                    num_buckets=c["relative_attention_num_buckets"])
+        files = (_safetensors_files(d / "transformer", NATIVE_DIT), _safetensors_files(d / "vae", NATIVE_DIT),
+                 _safetensors_files(d / "text_encoder", "model"))
+        rules, tokenizer = (DIT_TO_DIFFUSERS, VAE_TO_DIFFUSERS, T5_TO_HF), d / "tokenizer" / "tokenizer.json"
+    else:
+        if dit_cfg is None:
+            c = _read_json(d / "config.json")
+            dit_cfg = DiTConfig(**{f.name: c[f.name] for f in fields(DiTConfig) if f.name in c})
+            dit_cfg.patch_size = tuple(dit_cfg.patch_size)
+        vae_cfg, t5_cfg = vae_cfg or VAE_CONFIGS["5b"], t5_cfg or T5_CONFIGS["5b"]   # the release has no config
+        files = (_safetensors_files(d, NATIVE_DIT), [d / NATIVE_VAE], [d / NATIVE_T5])
+        rules, tokenizer = ([], [], []), d / NATIVE_TOKENIZER
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{tokenizer}: tokenizer not found (the umT5 tokenizer.json of the release)")
+    with torch.device("meta"):
+        dit, vae, t5 = WanModel(dit_cfg), WanVAE(vae_cfg), T5Encoder(t5_cfg)
+    if stats:
+        vae.set_latent_stats(*stats)
+    load_weights(dit, files[0], rules[0], dtype=dtype, device=device)
+    load_weights(vae, files[1], rules[1], dtype=torch.float32, device=device)
+    load_weights(t5, files[2], rules[2], aliases=T5_HF_ALIASES, dtype=text_dtype, device=device)
+    return dit, vae, TextEncoder(t5.eval(), dit_cfg.text_len, tokenizer_file=tokenizer)
