@@ -771,12 +771,6 @@ def _scene(p, g, height, width):
             for i, cell in enumerate(path):  # the whole cell tints when the pipe head reaches its centre
                 ys = slice(g.y0 + cell[0] * c, g.y0 + (cell[0] + 1) * c)
                 xs = slice(g.x0 + cell[1] * c, g.x0 + (cell[1] + 1) * c)
-                if i in (0, len(path) - 1):
-                    # endpoint cells are tinted from frame 0: a dot then sits on the same surround as a
-                    # pipe, so lossy chroma (JPEG 4:2:0, VAE) shifts both alike and the colour prototypes
-                    # taken from the dots in frame 0 still match the pipes
-                    static[ys, xs] = np.where(line[ys, xs, None], static[ys, xs], tint)
-                    continue
                 tint_t[ys, xs] = t0 + i
                 tint_rgb[ys, xs] = tint
                 spans.append((t0 + i, t0 + i, ys.start, ys.stop, xs.start, xs.stop))

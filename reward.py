@@ -41,8 +41,11 @@ FLOW_RATIO = 0.7       # FlowFree has no moving sprites to half-cover a patch, b
 MAX_DIST = 60.0        # ... and within this RGB distance of it (spec 8.3 tau), else "unknown"
 MIN_SEPARATION = 30.0  # calibrated prototypes closer than this: frame 0 does not show the puzzle
 LAYOUT_KEEP = 0.95     # share of wall cells that must still read "wall" at the end (spec 7.3)
-REPAINT_FACTOR = 1.5   # maze: cells changed vs frame 0 at the end may exceed the GT's by this factor
+REPAINT_SHARE = 0.1    # maze: share of the board's cells that may change at the end in ways the legal
+                       # walk does not explain (blur noise) before the reward is zeroed as a repaint
 MOVE_SLACK = 2         # unit moves of slack per transition (frame rounding + classification lag)
+SIGHTING_WINDOW = 2    # maze: a new trail cell must be near the agent if it is seen within this many
+                       # frames (in a smeared stretch where it is not seen, the trail alone decides)
 MAX_WALK_STATES = 50_000  # search budget for explaining one Sokoban board change (ms of CPU)
 FLOW_WEIGHTS = (0.15, 0.35, 0.30, 0.20)  # endpoints, connectivity, validity, coverage (paper weights,
                                          # the order is our inference, spec 7.2)
@@ -199,24 +202,19 @@ def _failed(components, reason):
     return Score(None, 0.0, 0.0, 0, 0.0, {**components, "first_frame": 0.0}, reason)
 
 
-def _bfs_len(allowed, a, b, limit):
-    """Shortest 4-connected walk a -> b through cells where `allowed` is True; None if longer than limit."""
-    if a == b:
-        return 0
+def _bfs_dists(allowed, src, limit):
+    """Walk lengths <= limit from src to the cells reachable through `allowed` cells: {cell: moves}."""
     rows, cols = allowed.shape
-    dist = {a: 0}
-    queue = deque([a])
+    dist = {src: 0}
+    queue = deque([src])
     while queue:
         cur = queue.popleft()
-        if dist[cur] >= limit:
-            continue
-        for nb in pz._neighbours(cur, rows, cols):
-            if allowed[nb] and nb not in dist:
-                if nb == b:
-                    return dist[cur] + 1
-                dist[nb] = dist[cur] + 1
-                queue.append(nb)
-    return None
+        if dist[cur] < limit:
+            for nb in pz._neighbours(cur, rows, cols):
+                if allowed[nb] and nb not in dist:
+                    dist[nb] = dist[cur] + 1
+                    queue.append(nb)
+    return dist
 
 
 # -----------------------------------------------------------------------------
@@ -226,14 +224,19 @@ def _score_maze(p, g, video):
     """Maze: P/R over path cells, SR = a legal walk start -> goal, r = R_conn * R_wall (spec 3.7, 7.2).
 
     Parse: a cell is visited from the first frame f where it reads trail or agent and its next clear
-    reading (skipping "unknown" frames, e.g. the agent half over it) is not floor again (the trail
-    persists, so this orders cells by when the trail reaches them, even when several cells are crossed
-    between two frames). Legal iff (checked in time order; the first failure ends the legal
-    prefix): the visited set stays 4-connected as it grows (a skipped cell is a teleport; a cell that
-    reads unknown in that frame and is visited later may bridge, being under the agent), grows by at
-    most allowed_moves cells per frame gap (a jump cut), the agent's successive cells are joined by a
-    walk over visited cells within allowed_moves, never a wall cell, never two agents in two frames.
-    SR also needs the agent to end, and stay, on the goal, walls kept (LAYOUT_KEEP) and no repaint.
+    reading (skipping "unknown" frames, e.g. the agent half over it) is not floor again, backdated over
+    the unknown frames just before f (a half-covered or smeared cell is already being visited). The
+    trail persists, so this orders cells by when the trail reaches them, even when several cells are
+    crossed between two frames. Legal iff (checked in time order; the first failure ends the legal
+    prefix): the visited set stays 4-connected as it grows (a skipped cell is a teleport), grows by at
+    most allowed_moves cells per frame gap (a jump cut), each new cell is within allowed_moves of the
+    agent when it is seen within SIGHTING_WINDOW frames (no trail painted away from the agent), the
+    agent's successive cells are
+    joined by a walk over visited cells within allowed_moves, never a wall cell, never two agents in
+    two frames.
+    SR also needs the agent to end, and stay, on the goal, walls kept (LAYOUT_KEEP) and no repaint: at
+    most REPAINT_SHARE of the cells may end up changed other than by trail/agent on legally visited
+    cells (reward-hacking guard, spec 7.3; both gates multiply the reward).
       P = |V & S*| / |V|, R = |V & S*| / |S*|, V = visited cells minus start, S* = GT path minus start
       R_conn = share of S* reachable from start through cells visited before the first violation
       R_wall = (1 - w)^2, w = share of V that are walls
@@ -250,54 +253,66 @@ def _score_maze(p, g, video):
     seen_now = (labels == M_TRAIL) | (labels == M_AGENT)                   # (F, R, C)
     steady = seen_now & (_next_known(labels) != M_FLOOR)
     first = np.where(steady.any(0), steady.argmax(0), NEVER)                # (R, C)
+    for f in range(n_frames - 1, 0, -1):  # backdate a visit over the unknown frames just before it
+        first[(first == f) & (labels[f - 1] == UNKNOWN)] = f - 1
     first[p.start] = 0
     events = []  # (frame, why), the earliest one ends the legal prefix
 
     for r, c in np.argwhere(p.grid & (first < NEVER)):
         events.append((int(first[r, c]), f"crossed the wall at ({r}, {c})"))
+    n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
+    two = np.nonzero((n_agents[:-1] >= 2) & (n_agents[1:] >= 2))[0]
+    if len(two):
+        events.append((int(two[0]), f"two agents at frame {two[0]}"))
+    track = [(int(f), tuple(int(x) for x in np.argwhere(labels[f] == M_AGENT)[0]))
+             for f in np.nonzero(n_agents == 1)[0]]
+    track_frames = np.array([f for f, _ in track])
+
     visited = np.zeros((rows, cols), dtype=bool)
     visited[p.start] = True
     last_growth = 0
-    later = first < NEVER
-    for f in np.unique(first[(first > 0) & later]):
+    for f in np.unique(first[(first > 0) & (first < NEVER)]):
         new = first == f
         grown = visited | new
-        # a cell that reads unknown now (the agent half over it) and is visited later may bridge
-        reach = _flood(grown | ((labels[f] == UNKNOWN) & later), p.start)
-        stray = np.argwhere(new & ~reach)
+        stray = np.argwhere(new & ~_flood(grown, p.start))
         if len(stray):
             events.append((int(f), f"teleport: cell ({stray[0][0]}, {stray[0][1]}) appeared at frame {f} "
                                    "not connected to the visited cells"))
         if new.sum() > allowed_moves(p, n_frames, f - last_growth):
             events.append((int(f), f"{int(new.sum())} cells visited within {f - last_growth} frame(s) at frame {f}"))
+        nearest = int(np.abs(track_frames - f).argmin()) if len(track) else None
+        if nearest is not None and abs(track[nearest][0] - f) <= SIGHTING_WINDOW:
+            # the trail is drawn by the agent: new cells lie within reach of where it is seen
+            fa, a = track[nearest]
+            limit = allowed_moves(p, n_frames, abs(int(f) - fa))
+            near = _bfs_dists(grown | (first <= fa), a, limit)
+            far = [tuple(int(x) for x in c) for c in np.argwhere(new) if tuple(int(x) for x in c) not in near]
+            if far:
+                events.append((int(f), f"trail appeared at {far[0]} in frame {f}, away from the agent at {a}"))
         visited, last_growth = grown, f
 
-    n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
-    two = np.nonzero((n_agents[:-1] >= 2) & (n_agents[1:] >= 2))[0]
-    if len(two):
-        events.append((int(two[0]), f"two agents at frame {two[0]}"))
-    track = [(f, tuple(int(x) for x in np.argwhere(labels[f] == M_AGENT)[0]))
-             for f in np.nonzero(n_agents == 1)[0]]
     for (fa, a), (fb, b) in zip(track, track[1:]):
         if a != b:
             walkable = first <= fb
             walkable[a] = walkable[b] = True
-            if _bfs_len(walkable, a, b, allowed_moves(p, n_frames, fb - fa)) is None:
+            if b not in _bfs_dists(walkable, a, allowed_moves(p, n_frames, fb - fa)):
                 events.append((int(fb), f"agent jumped from {a} to {b} in {fb - fa} frame(s)"))
                 break
 
+    cut = min((f for f, _ in events), default=NEVER)
+    legal = (first < cut) & ~p.grid
     end = _final(labels)
     walls_kept = float((end[p.grid] == M_WALL).mean())
     layout = float(walls_kept >= LAYOUT_KEEP)
-    changed = int((end != expect).sum())
-    repaint = float(changed <= REPAINT_FACTOR * len(p.solution))
+    # changes the legal walk explains: trail or agent on a cell it visited; anything else is a repaint
+    explained = (end == expect) | (legal & ((end == M_TRAIL) | (end == M_AGENT)))
+    repainted = int((~explained).sum())
+    repaint = float(repainted <= REPAINT_SHARE * rows * cols)
     on_goal = bool(track) and track[-1][1] == p.goal and end[p.goal] == M_AGENT
 
     gt = set(p.solution[1:])
     pred = {(int(r), int(c)) for r, c in np.argwhere(first < NEVER)} - {p.start}
     precision, recall, f1 = _prf(len(pred & gt), len(pred), len(gt))
-    cut = min((f for f, _ in events), default=NEVER)
-    legal = (first < cut) & ~p.grid
     conn = len(gt & {(int(r), int(c)) for r, c in np.argwhere(_flood(legal, p.start))}) / len(gt)
     wall = (1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
     reward = conn * wall * layout * repaint
@@ -309,7 +324,7 @@ def _score_maze(p, g, video):
     elif not layout:
         reason = f"layout changed: only {walls_kept:.0%} of the wall cells still read as wall at the end"
     elif not repaint:
-        reason = f"wholesale repaint: {changed} cells changed vs frame 0, the solution changes {len(p.solution)}"
+        reason = f"wholesale repaint: {repainted} cells changed in ways the legal walk does not explain"
     elif not on_goal:
         reason = "the agent does not end on the goal"
     else:

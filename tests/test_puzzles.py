@@ -171,6 +171,10 @@ def test_flow_solution_counter_matches_two_brute_forces():
     seen_counts = set()
     for trial in range(36):
         size, k = (4, 2) if trial < 32 else (4, 3)
+        if trial == 0:  # degree rules alone would accept a separate loop here (found by search)
+            endpoints = (((2, 3), (0, 0)), ((3, 3), (1, 0)))
+            assert brute_force_flow_count(size, endpoints) == 0 == pz.count_flow_solutions(size, endpoints)
+            continue
         paths = pz._flow_partition(rng, size, k) if trial % 4 else None
         if paths:
             endpoints = tuple((path[0], path[-1]) for path in paths)
@@ -184,7 +188,10 @@ def test_flow_solution_counter_matches_two_brute_forces():
     assert seen_counts == {0, 1}
     # 5x5: random endpoints vs the path enumeration; multi-solution instances are rare at this size,
     # so one found by search is included (its count comes from the enumeration, not from here)
-    cases = [(((1, 0), (2, 2)), ((2, 1), (0, 0)), ((3, 1), (1, 3)))]
+    cases = [(((1, 0), (2, 2)), ((2, 1), (0, 0)), ((3, 1), (1, 3))),
+             # no solution, but the degree rules alone admit colourings with a separate one-colour loop
+             # (found by search): the counter must reject those
+             (((1, 3), (4, 1)), ((4, 0), (4, 2))), (((1, 3), (3, 2)), ((0, 2), (3, 1)), ((4, 0), (0, 3)))]
     for _ in range(150):
         cells = rng.sample([(r, c) for r in range(5) for c in range(5)], 6)
         cases.append(tuple((cells[2 * i], cells[2 * i + 1]) for i in range(3)))

@@ -95,7 +95,14 @@ def drop_and_duplicate(v, rng):
     return np.insert(v, j, v[j], axis=0)
 
 
-DAMAGES = {"noise": noise, "blur": blur, "jpeg": jpeg, "shift": colour_shift, "drop_dup": drop_and_duplicate}
+def strong_colour_change(v, rng):
+    """Spec 8.3's hard case: gain 0.7 and a (+40, -20, -40) shift. A fixed palette misreads this;
+    prototypes calibrated on frame 0 do not."""
+    return np.clip(0.7 * v + np.array([40, -20, -40]), 0, 255).astype(np.uint8)
+
+
+DAMAGES = {"noise": noise, "blur": blur, "jpeg": jpeg, "shift": colour_shift, "drop_dup": drop_and_duplicate,
+           "strong_colour": strong_colour_change}
 DAMAGE_SETTINGS = {  # >= 100 tiny-scale samples per domain and damage kind, plus a larger scale
     "maze": [("easy", 128, 128, 17, 50), ("easy", 128, 128, 33, 50), ("medium", 256, 256, 25, 16)],
     "flowfree": [("easy", 96, 96, 17, 70), ("medium", 128, 128, 33, 30), ("hard", 224, 224, 25, 16)],
@@ -117,6 +124,38 @@ def test_damaged_ground_truth_still_succeeds(domain):
         assert len(results) >= 100 and rate >= 0.99, (name, rate, [r for ok, r in results if not ok][:3])
 
 
+def vae_like(v, rng, cell):
+    """A rough stand-in for a VAE round trip at the tiny scale: every frame of a latent chunk (frames
+    4j+1..4j+4) replaced by the chunk mean (sprites smeared over 4 frames), a Gaussian blur of cell/6 px,
+    a +-20 colour shift, then JPEG at quality 60."""
+    x = v.astype(np.float32)
+    for s in range(1, len(x), 4):
+        x[s:s + 4] = x[s:s + 4].mean(0)
+    sigma = cell / 6
+    r = int(3 * sigma)
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (r, r)
+        p = np.pad(x, pad, mode="edge")
+        x = sum(w * np.take(p, np.arange(i, i + v.shape[axis]), axis=axis) for i, w in enumerate(k))
+    return jpeg(np.clip(x + rng.choice([-20, 20], size=3), 0, 255).astype(np.uint8), rng)
+
+
+@pytest.mark.parametrize("domain,settings", [("maze", [("easy", 128, 17), ("easy", 128, 33)]),
+                                             ("flowfree", [("easy", 96, 17)]),
+                                             ("sokoban", [("easy", 96, 17), ("medium", 128, 33)])])
+def test_smeared_blurred_ground_truth_still_succeeds(domain, settings):
+    results = []
+    for level, size, frames in settings:
+        for seed in range(80 // len(settings)):
+            p, video = make(domain, level, seed, size, size, frames)
+            s = rw.score(p, vae_like(video, np.random.default_rng(seed), pz.geometry(p, size, size).cell))
+            results.append((s.success, s.reason))
+    assert np.mean([ok for ok, _ in results]) >= 0.98, [r for ok, r in results if not ok][:3]
+
+
 # -----------------------------------------------------------------------------
 # cheats and failures: success 0, a lower reward, and the check that should catch it
 
@@ -133,22 +172,29 @@ MAZE_SETTINGS = [("easy", 128, 128, 17), ("easy", 128, 128, 33), ("medium", 256,
 
 @pytest.mark.parametrize("level,height,width,frames", MAZE_SETTINGS)
 def test_maze_cheats_fail(level, height, width, frames):
+    n_stray = n_isolated = 0
     for seed in range(12):
         p, video = make("maze", level, seed, height, width, frames)
         g = pz.geometry(p, height, width)
         path = p.solution
         i = len(path) // 2 - 1
         check_cheat(p, restore(video, g, path[i + 1:i + 3]), "teleport", "agent jumped")  # skip two cells
+        far = max((tuple(map(int, c)) for c in np.argwhere(~p.grid)),
+                  key=lambda c: min(abs(c[0] - q[0]) + abs(c[1] - q[1]) for q in path))
+        if far not in path:  # (some tiny mazes have no cell off the solution)
+            stray = video.copy()                      # trail appears in a cell off the walk, the agent elsewhere
+            ys, xs = block(g, far)
+            stray[frames // 2:, ys, xs] = pz.MAZE_COLORS["trail"]
+            check_cheat(p, stray, "away from the agent", "teleport")
+            n_stray += 1
         check_cheat(p, pz.render(replace(p, solution=path[:len(path) * 3 // 5]), height, width, frames),
                     "does not end on the goal")                                  # stop short
         shortcut = wall_shortcut(p)
         if shortcut:
             check_cheat(p, pz.render(replace(p, solution=shortcut), height, width, frames), "crossed the wall")
         two = video.copy()                                                       # a second agent from frame 1
-        spare = max((tuple(map(int, c)) for c in np.argwhere(~p.grid)), key=lambda c: min(
-            abs(c[0] - q[0]) + abs(c[1] - q[1]) for q in path))
         for f in range(1, frames):
-            pz._stamp(two[f], *pz._centre(g, spare), pz.AGENT_RADIUS * g.cell, pz.MAZE_COLORS["agent"], True)
+            pz._stamp(two[f], *pz._centre(g, far), pz.AGENT_RADIUS * g.cell, pz.MAZE_COLORS["agent"], True)
         # caught as two agents, or as the spare appearing from nowhere / being the only agent seen mid-move
         check_cheat(p, two, "two agents", "agent jumped", "teleport")
         painted = video.copy()                                                   # trail colour everywhere
@@ -166,6 +212,55 @@ def test_maze_cheats_fail(level, height, width, frames):
         check_cheat(p, cut, "")                                                  # jump cut: a third of the frames removed
         shuffled = video[np.r_[0, np.random.default_rng(seed).permutation(np.arange(1, frames))]]
         check_cheat(p, shuffled, "")
+        n_isolated += maze_isolated_cheats(p, video, g, frames)
+    assert n_stray >= 6 and n_isolated >= 50
+
+
+def maze_isolated_cheats(p, video, g, frames):
+    """Cheats that only one check can catch (each would otherwise score success 1)."""
+    f_c = pz.solve_frames(frames)
+    path, n = p.solution, 0
+    # a trail cell beside an early path cell appears while the agent waits on the goal: connected to
+    # the walk, but drawn away from the agent
+    side = next((nb for cell in path[1:len(path) // 2] for nb in pz._neighbours(cell, *p.grid.shape)
+                 if not p.grid[nb] and nb not in path), None)
+    if side:
+        v = video.copy()
+        ys, xs = block(g, side)
+        v[f_c:, ys, xs] = pz.MAZE_COLORS["trail"]
+        check_cheat(p, v, "away from the agent")
+        n += 1
+    # a second agent on an early path cell during the hold only (the real one is clear on the goal)
+    v = video.copy()
+    for f in range(f_c, frames):
+        pz._stamp(v[f], *pz._centre(g, path[1]), pz.AGENT_RADIUS * g.cell, pz.MAZE_COLORS["agent"], True)
+    check_cheat(p, v, "two agents")
+    # every floor cell repainted with the goal colour during the hold: no trail is drawn and no agent
+    # moves, so only the repaint guard zeroes the reward (success may also fail on the trail cells
+    # the paint covered before they were seen steadily)
+    v = video.copy()
+    for cell in map(tuple, np.argwhere(~p.grid)):
+        if cell != p.goal:
+            ys, xs = block(g, cell)
+            v[f_c:, ys, xs] = pz.MAZE_COLORS["goal"]
+    s = check_cheat(p, v, "")
+    assert s.reward == 0 and s.components["repaint"] == 0
+    # frame 0 with one wall cell erased (the rest of the video is the GT)
+    wall = next(tuple(map(int, c)) for c in np.argwhere(p.grid[1:-1, 1:-1]) + 1)
+    v = video.copy()
+    ys, xs = block(g, wall)
+    v[0, ys, xs] = pz.MAZE_COLORS["floor"]
+    assert check_cheat(p, v, "frame 0 does not match").reward == 0
+    # the agent hidden (drawn as trail) while it moves: still a success, the trail alone decides...
+    hidden = video.copy()
+    agent = (hidden[1:f_c] == pz.MAZE_COLORS["agent"]).all(-1)
+    hidden[1:f_c][agent] = pz.MAZE_COLORS["trail"]
+    assert rw.score(p, hidden).success == 1
+    # ... and a jump cut in it (a third of the motion frames removed) makes the trail grow too fast
+    k = f_c // 3
+    cut = np.concatenate([hidden[:k], hidden[k + f_c // 3:], np.repeat(hidden[-1:], f_c // 3, 0)])
+    check_cheat(p, cut, "cells visited within")
+    return n + 4
 
 
 def wall_shortcut(p):
@@ -260,7 +355,7 @@ SOKO_SETTINGS = [("easy", 96, 96, 17), ("medium", 128, 128, 17), ("medium", 128,
 
 @pytest.mark.parametrize("level,height,width,frames", SOKO_SETTINGS)
 def test_sokoban_cheats_fail(level, height, width, frames):
-    counts = dict(wall=0, through=0, far=0)
+    counts = dict(wall=0, through=0, far=0, cut=0)
     for seed in range(24):  # pushing a box into a wall needs a box beside a wall: more seeds for that one
         p, video = make("sokoban", level, seed, height, width, frames)
         wall = p.grid
@@ -301,6 +396,14 @@ def test_sokoban_cheats_fail(level, height, width, frames):
         # show boxes over walls or missing, so any of these checks may fire first)
         check_cheat(p, show([(p.start, tuple(boxes)), (p.start, p.targets)]), "illegal change", "boxes visible",
                     "inside the wall")
+        # a jump from the puzzle to the solved board between two frames: every board is legal, but the
+        # solution needs at least its (optimal) number of pushes, more than one frame gap allows
+        n_pushes = sum(a[1] != b[1] for a, b in zip(p.solution, p.solution[1:]))
+        if n_pushes > rw.allowed_moves(p, frames, 1):
+            half = (frames + 1) // 2
+            jump = np.concatenate([np.repeat(video[:1], half, 0), np.repeat(video[-1:], frames - half, 0)])
+            check_cheat(p, jump, "illegal change")
+            counts["cut"] += 1
         # a box moves one cell with the player far from it (no push can explain it in time)
         for b, d in ((b, d) for b in boxes for d in pz.DIRS):
             dest, reach = pz._add(b, d), approach(b, d)
@@ -309,7 +412,7 @@ def test_sokoban_cheats_fail(level, height, width, frames):
                 check_cheat(p, show([(p.start, tuple(boxes)), (p.start, moved)]), "illegal change", "moved by itself")
                 counts["far"] += 1
                 break
-    assert min(counts.values()) >= 3, counts
+    assert min(counts["wall"], counts["through"], counts["far"]) >= 3 and (counts["cut"] >= 3 or level == "easy"), counts
 
 
 def test_sokoban_accepts_other_valid_solutions_and_credits_progress():
@@ -344,6 +447,9 @@ def test_garbage_gets_zero_without_raising(domain, height, frames):
     for name, v in garbage.items():
         s = rw.score(p, v)
         assert s.reward == 0 and s.success == 0 and s.reason != "ok" and 0 <= s.recall <= 1, (name, s)
+    assert "not separable" in rw.score(p, garbage["black"]).reason
+    assert "frame 0" in rw.score(p, garbage["noise"]).reason
+    assert "nothing moved" in rw.score(p, garbage["static"]).reason or "nothing drawn" in rw.score(p, garbage["static"]).reason
 
 
 def test_bad_shapes_and_dtypes_raise_clear_errors():
