@@ -682,9 +682,9 @@ def _stamp(img, cy, cx, half, colour, disc):
 def _sweep(g, shape, path, t0, half, cover, rgb=None, colour=None):
     """First time each pixel is covered by a disc of radius `half` (px) moving along the cell centres of
     `path`, one segment per unit of time starting at t0; writes min(cover, t) in place (and `colour`
-    into `rgb` where this path is first) and returns the
-    pixel boxes of the segments as (t_start, t_end, y0, y1, x0, x1). A swept disc gives round caps and
-    joins, so the pipe/trail covers each visited cell's centre patch even at a corner.
+    into `rgb` where this path is first) and returns the pixel boxes of the segments as
+    (t_start, t_end, y0, y1, x0, x1). A swept disc gives round caps and joins, so the pipe/trail
+    covers each visited cell's centre patch even at a corner.
 
     Segment P -> Q of length c, pixel p: along = (p - P).dir, perp = |(p - P) x dir|. The disc centre
     P + u*c*dir covers p iff (along - u*c)^2 + perp^2 <= half^2, first at u = (along - h)/c with
@@ -712,82 +712,85 @@ def _sweep(g, shape, path, t0, half, cover, rgb=None, colour=None):
     return boxes
 
 
-def _scene(p, g, height, width):
-    """Static background, persistent layers and sprites of one puzzle at geometry g.
+def _background(p, g, height, width, colours):
+    """(H, W, 3) frame filled with the floor colour, wall cells painted (maze and Sokoban)."""
+    rows, cols, c = g.rows, g.cols, g.cell
+    static = np.empty((height, width, 3), dtype=np.uint8)
+    static[:] = colours["floor"]
+    board = static[g.y0:g.y0 + rows * c, g.x0:g.x0 + cols * c].reshape(rows, c, cols, c, 3)  # (R, c, C, c, 3)
+    board[:] = np.where(p.grid[:, None, :, None, None], colours["wall"], colours["floor"])
+    return static
 
-    layers: list of (cover time (H, W), colour (3,) or (H, W, 3)) drawn in order where cover <= s;
-    spans: pixel boxes with their time spans (only those change between two frames);
-    sprites(s): list of (cy, cx, half, colour, is_disc) drawn on top at progress s.
-    """
-    c = g.cell
-    rows, cols = p.grid.shape
+
+# Each scene is (static, layers, spans, sprites) for one puzzle at geometry g:
+#   static   (H, W, 3) what never changes;
+#   layers   [(cover time (H, W), colour (3,) or (H, W, 3))], drawn in order where cover time <= s;
+#   spans    [(t_start, t_end, y0, y1, x0, x1)] pixel boxes of the layers with their time spans (only
+#            those can change between two frames);
+#   sprites  s -> [(cy, cx, half, colour, is_disc)] drawn on top at progress s.
+
+def _maze_scene(p, g, height, width):
+    static = _background(p, g, height, width, MAZE_COLORS)
+    _stamp(static, *_centre(g, p.goal), GOAL_HALF * g.cell, MAZE_COLORS["goal"], disc=False)
+    cover = np.full((height, width), np.inf, dtype=np.float32)
+    spans = _sweep(g, (height, width), p.solution, 0.0, TRAIL_HALF * g.cell, cover)
+    path = np.array(p.solution, dtype=np.float32)  # (L+1, 2)
+
+    def sprites(s):
+        return [(*_centre(g, _lerp(path, s)), AGENT_RADIUS * g.cell, MAZE_COLORS["agent"], True)]
+    return static, [(cover, np.array(MAZE_COLORS["trail"], np.uint8))], spans, sprites
+
+
+def _sokoban_scene(p, g, height, width):
+    static = _background(p, g, height, width, SOKO_COLORS)
+    for t in p.targets:
+        _stamp(static, *_centre(g, t), TARGET_HALF * g.cell, SOKO_COLORS["target"], disc=False)
+    players = np.array([s[0] for s in p.solution], dtype=np.float32)  # (L+1, 2)
+    boxes = np.array([s[1] for s in p.solution], dtype=np.float32)    # (L+1, n_boxes, 2)
+
+    def sprites(s):  # boxes, then the player on top; a pushed box moves in lockstep with the player
+        out = [(*_centre(g, b), BOX_HALF * g.cell, SOKO_COLORS["box"], False) for b in _lerp(boxes, s)]
+        return out + [(*_centre(g, _lerp(players, s)), PLAYER_RADIUS * g.cell, SOKO_COLORS["player"], True)]
+    return static, [], [], sprites
+
+
+def _flow_scene(p, g, height, width):
+    """Dark board with grid lines, endpoint discs on top; pipes grow one colour at a time (spec 4.4)
+    and each cell takes a 35% tint of its pipe colour when the pipe head reaches its centre."""
+    rows, cols, c = g.rows, g.cols, g.cell
     shape = (height, width)
     static = np.empty((height, width, 3), dtype=np.uint8)
-    static[:] = {"maze": MAZE_COLORS["floor"], "flowfree": FLOW_BG, "sokoban": SOKO_COLORS["floor"]}[p.domain]
-    board = static[g.y0:g.y0 + rows * c, g.x0:g.x0 + cols * c].reshape(rows, c, cols, c, 3)  # (R, c, C, c, 3)
-    layers, spans = [], []
-
-    if p.domain == "maze":
-        board[:] = np.where(p.grid[:, None, :, None, None], MAZE_COLORS["wall"], MAZE_COLORS["floor"])
-        _stamp(static, *_centre(g, p.goal), GOAL_HALF * c, MAZE_COLORS["goal"], disc=False)
-        cover = np.full(shape, np.inf, dtype=np.float32)
-        spans += _sweep(g, shape, p.solution, 0.0, TRAIL_HALF * c, cover)
-        layers.append((cover, np.array(MAZE_COLORS["trail"], np.uint8)))
-        path = np.array(p.solution, dtype=np.float32)  # (L+1, 2)
-
-        def sprites(s):
-            pos = _lerp(path, s)
-            return [(*_centre(g, pos), AGENT_RADIUS * c, MAZE_COLORS["agent"], True)]
-
-    elif p.domain == "sokoban":
-        board[:] = np.where(p.grid[:, None, :, None, None], SOKO_COLORS["wall"], SOKO_COLORS["floor"])
-        for t in p.targets:
-            _stamp(static, *_centre(g, t), TARGET_HALF * c, SOKO_COLORS["target"], disc=False)
-        players = np.array([s[0] for s in p.solution], dtype=np.float32)  # (L+1, 2)
-        boxes = np.array([s[1] for s in p.solution], dtype=np.float32)    # (L+1, n_boxes, 2)
-
-        def sprites(s):
-            out = [(*_centre(g, b), BOX_HALF * c, SOKO_COLORS["box"], False) for b in _lerp(boxes, s)]
-            return out + [(*_centre(g, _lerp(players, s)), PLAYER_RADIUS * c, SOKO_COLORS["player"], True)]
-
-    else:
-        lw = max(1, c // 16)  # grid lines ~1/16 cell wide at every cell border, outline included
-        line = np.zeros(shape, dtype=bool)
-        for i in range(rows + 1):
-            y = g.y0 + i * c - lw // 2
-            line[max(0, y):min(height, y + lw), g.x0:g.x0 + cols * c] = True
-        for j in range(cols + 1):
-            x = g.x0 + j * c - lw // 2
-            line[g.y0:g.y0 + rows * c, max(0, x):min(width, x + lw)] = True
-        static[line] = FLOW_LINE
-        tint_t = np.full(shape, np.inf, dtype=np.float32)
-        tint_rgb = np.zeros((height, width, 3), dtype=np.uint8)
-        pipe_t = np.full(shape, np.inf, dtype=np.float32)
-        pipe_rgb = np.zeros((height, width, 3), dtype=np.uint8)
-        t0 = 0.0
-        for k, path in enumerate(p.paths):
-            colour = np.array(FLOW_COLORS[k], dtype=np.float32)
-            tint = np.round(TINT * colour + (1 - TINT) * np.array(FLOW_BG)).astype(np.uint8)
-            for i, cell in enumerate(path):  # the whole cell tints when the pipe head reaches its centre
-                ys = slice(g.y0 + cell[0] * c, g.y0 + (cell[0] + 1) * c)
-                xs = slice(g.x0 + cell[1] * c, g.x0 + (cell[1] + 1) * c)
-                tint_t[ys, xs] = t0 + i
-                tint_rgb[ys, xs] = tint
-                spans.append((t0 + i, t0 + i, ys.start, ys.stop, xs.start, xs.stop))
-            spans += _sweep(g, shape, path, t0, PIPE_HALF * c, pipe_t, pipe_rgb, colour.astype(np.uint8))
-            t0 += len(path) - 1
-        tint_t[line] = np.inf
-        for k, pair in enumerate(p.endpoints):  # endpoint discs stay on top of every layer
-            for cell in pair:
-                _stamp(static, *_centre(g, cell), ENDPOINT_RADIUS * c, FLOW_COLORS[k], disc=True)
-                _stamp(tint_t, *_centre(g, cell), ENDPOINT_RADIUS * c, np.inf, disc=True)
-                _stamp(pipe_t, *_centre(g, cell), ENDPOINT_RADIUS * c, np.inf, disc=True)
-        layers += [(tint_t, tint_rgb), (pipe_t, pipe_rgb)]
-
-        def sprites(s):
-            return []
-
-    return static, layers, spans, sprites
+    static[:] = FLOW_BG
+    lw = max(1, c // 16)  # grid lines ~1/16 cell wide at every cell border, outline included
+    line = np.zeros(shape, dtype=bool)
+    for i in range(rows + 1):
+        y = g.y0 + i * c - lw // 2
+        line[max(0, y):min(height, y + lw), g.x0:g.x0 + cols * c] = True
+    for j in range(cols + 1):
+        x = g.x0 + j * c - lw // 2
+        line[g.y0:g.y0 + rows * c, max(0, x):min(width, x + lw)] = True
+    static[line] = FLOW_LINE
+    tint_t, pipe_t = np.full(shape, np.inf, dtype=np.float32), np.full(shape, np.inf, dtype=np.float32)
+    tint_rgb, pipe_rgb = np.zeros((height, width, 3), np.uint8), np.zeros((height, width, 3), np.uint8)
+    spans, t0 = [], 0.0
+    for k, path in enumerate(p.paths):
+        colour = np.array(FLOW_COLORS[k], dtype=np.float32)
+        tint = np.round(TINT * colour + (1 - TINT) * np.array(FLOW_BG)).astype(np.uint8)
+        for i, cell in enumerate(path):
+            ys = slice(g.y0 + cell[0] * c, g.y0 + (cell[0] + 1) * c)
+            xs = slice(g.x0 + cell[1] * c, g.x0 + (cell[1] + 1) * c)
+            tint_t[ys, xs] = t0 + i
+            tint_rgb[ys, xs] = tint
+            spans.append((t0 + i, t0 + i, ys.start, ys.stop, xs.start, xs.stop))
+        spans += _sweep(g, shape, path, t0, PIPE_HALF * c, pipe_t, pipe_rgb, colour.astype(np.uint8))
+        t0 += len(path) - 1
+    tint_t[line] = np.inf
+    for k, pair in enumerate(p.endpoints):  # endpoint discs stay on top of every layer
+        for cell in pair:
+            _stamp(static, *_centre(g, cell), ENDPOINT_RADIUS * c, FLOW_COLORS[k], disc=True)
+            _stamp(tint_t, *_centre(g, cell), ENDPOINT_RADIUS * c, np.inf, disc=True)
+            _stamp(pipe_t, *_centre(g, cell), ENDPOINT_RADIUS * c, np.inf, disc=True)
+    return static, [(tint_t, tint_rgb), (pipe_t, pipe_rgb)], spans, lambda s: []
 
 
 def _lerp(track, s):
@@ -808,7 +811,12 @@ def render(puzzle, height, width, frames):
     """
     check_video_size(height, width, frames)
     g = geometry(puzzle, height, width)
-    static, layers, spans, sprites = _scene(puzzle, g, height, width)
+    if puzzle.domain == "maze":
+        static, layers, spans, sprites = _maze_scene(puzzle, g, height, width)
+    elif puzzle.domain == "flowfree":
+        static, layers, spans, sprites = _flow_scene(puzzle, g, height, width)
+    else:
+        static, layers, spans, sprites = _sokoban_scene(puzzle, g, height, width)
     times = frame_times(puzzle.n_moves, frames)
     base = static.copy()
     video = np.empty((frames, height, width, 3), dtype=np.uint8)  # (F, H, W, 3)

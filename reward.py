@@ -35,10 +35,10 @@ PATCH = 0.3            # side of the central patch read per cell, as a fraction 
                        # inside the thinnest drawn feature (trail 0.45 cell) so clean cells are pure
 RATIO = 0.5            # label = nearest prototype only if 2x closer than the runner-up: a patch mixing two
                        # classes keeps the majority label while < 1/3 is foreign, else it is "unknown"
+MAX_DIST = 60.0        # ... and within this RGB distance of it (spec 8.3 tau), else "unknown"
 FLOW_RATIO = 0.7       # FlowFree has no moving sprites to half-cover a patch, but lossy chroma (JPEG
                        # 4:2:0 at 16-px cells quantises a cell's chroma as one block) moves close hues
                        # (yellow/orange, 83 apart) by different amounts per cell: accept a smaller margin
-MAX_DIST = 60.0        # ... and within this RGB distance of it (spec 8.3 tau), else "unknown"
 MIN_SEPARATION = 30.0  # calibrated prototypes closer than this: frame 0 does not show the puzzle
 LAYOUT_KEEP = 0.95     # share of wall cells that must still read "wall" at the end (spec 7.3)
 REPAINT_SHARE = 0.1    # maze: share of the board's cells that may change at the end in ways the legal
@@ -217,49 +217,49 @@ def _bfs_dists(allowed, src, limit):
     return dist
 
 
+def _flood(allowed, src):
+    """Cells 4-connected to src through `allowed` (src included if allowed): (R, C) bool."""
+    rows, cols = allowed.shape
+    out = np.zeros_like(allowed, dtype=bool)
+    if not allowed[src]:
+        return out
+    out[src] = True
+    stack = [src]
+    while stack:
+        for nb in pz._neighbours(stack.pop(), rows, cols):
+            if allowed[nb] and not out[nb]:
+                out[nb] = True
+                stack.append(nb)
+    return out
+
+
 # -----------------------------------------------------------------------------
 # maze
 
-def _score_maze(p, g, video):
-    """Maze: P/R over path cells, SR = a legal walk start -> goal, r = R_conn * R_wall (spec 3.7, 7.2).
-
-    Parse: a cell is visited from the first frame f where it reads trail or agent and its next clear
-    reading (skipping "unknown" frames, e.g. the agent half over it) is not floor again, backdated over
-    the unknown frames just before f (a half-covered or smeared cell is already being visited). The
-    trail persists, so this orders cells by when the trail reaches them, even when several cells are
-    crossed between two frames. Legal iff (checked in time order; the first failure ends the legal
-    prefix): the visited set stays 4-connected as it grows (a skipped cell is a teleport), grows by at
-    most allowed_moves cells per frame gap (a jump cut), each new cell is within allowed_moves of the
-    agent when it is seen within SIGHTING_WINDOW frames (no trail painted away from the agent), the
-    agent's successive cells are
-    joined by a walk over visited cells within allowed_moves, never a wall cell, never two agents in
-    two frames.
-    SR also needs the agent to end, and stay, on the goal, walls kept (LAYOUT_KEEP) and no repaint: at
-    most REPAINT_SHARE of the cells may end up changed other than by trail/agent on legally visited
-    cells (reward-hacking guard, spec 7.3; both gates multiply the reward).
-      P = |V & S*| / |V|, R = |V & S*| / |S*|, V = visited cells minus start, S* = GT path minus start
-      R_conn = share of S* reachable from start through cells visited before the first violation
-      R_wall = (1 - w)^2, w = share of V that are walls
-    """
-    palette = np.array([pz.MAZE_COLORS[k] for k in MAZE_CLASSES], dtype=np.float32)
-    expect = np.where(p.grid, M_WALL, M_FLOOR)
-    expect[p.goal], expect[p.start] = M_GOAL, M_AGENT
-    zero = dict(conn=0.0, wall=0.0, layout=0.0, repaint=0.0)
-    labels, why = _frame0(p, g, video, palette, expect)
-    if labels is None:
-        return _failed(zero, why)
-    n_frames = len(labels)
-    rows, cols = p.grid.shape
+def _maze_visits(labels, start):
+    """First frame each cell is visited, (R, C) int (NEVER if not): the first frame f where it reads
+    trail or agent and its next clear reading (skipping "unknown" frames, e.g. the agent half over it)
+    is not floor again, backdated over the unknown frames just before f (a half-covered or smeared cell
+    is already being visited). The trail persists, so this orders cells by when the trail reaches them,
+    even when several cells are crossed between two frames."""
     seen_now = (labels == M_TRAIL) | (labels == M_AGENT)                   # (F, R, C)
     steady = seen_now & (_next_known(labels) != M_FLOOR)
     first = np.where(steady.any(0), steady.argmax(0), NEVER)                # (R, C)
-    for f in range(n_frames - 1, 0, -1):  # backdate a visit over the unknown frames just before it
+    for f in range(len(labels) - 1, 0, -1):
         first[(first == f) & (labels[f - 1] == UNKNOWN)] = f - 1
-    first[p.start] = 0
-    events = []  # (frame, why), the earliest one ends the legal prefix
+    first[start] = 0
+    return first
 
-    for r, c in np.argwhere(p.grid & (first < NEVER)):
-        events.append((int(first[r, c]), f"crossed the wall at ({r}, {c})"))
+
+def _maze_events(p, labels, first):
+    """Violations of a legal walk as (frame, why), and the agent track [(frame, cell)] from the frames
+    that show exactly one agent. Checked: no wall cell visited; the visited set stays 4-connected as it
+    grows (a skipped cell is a teleport) and grows by at most allowed_moves cells per frame gap (a jump
+    cut); each new cell is within allowed_moves of the agent when it is seen within SIGHTING_WINDOW
+    frames (no trail painted away from the agent); the agent's successive cells are joined by a walk
+    over visited cells within allowed_moves; never two agents in two frames."""
+    n_frames = len(labels)
+    events = [(int(first[r, c]), f"crossed the wall at ({r}, {c})") for r, c in np.argwhere(p.grid & (first < NEVER))]
     n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
     two = np.nonzero((n_agents[:-1] >= 2) & (n_agents[1:] >= 2))[0]
     if len(two):
@@ -268,7 +268,7 @@ def _score_maze(p, g, video):
              for f in np.nonzero(n_agents == 1)[0]]
     track_frames = np.array([f for f, _ in track])
 
-    visited = np.zeros((rows, cols), dtype=bool)
+    visited = np.zeros(p.grid.shape, dtype=bool)
     visited[p.start] = True
     last_growth = 0
     for f in np.unique(first[(first > 0) & (first < NEVER)]):
@@ -284,8 +284,7 @@ def _score_maze(p, g, video):
         if nearest is not None and abs(track[nearest][0] - f) <= SIGHTING_WINDOW:
             # the trail is drawn by the agent: new cells lie within reach of where it is seen
             fa, a = track[nearest]
-            limit = allowed_moves(p, n_frames, abs(int(f) - fa))
-            near = _bfs_dists(grown | (first <= fa), a, limit)
+            near = _bfs_dists(grown | (first <= fa), a, allowed_moves(p, n_frames, abs(int(f) - fa)))
             far = [tuple(int(x) for x in c) for c in np.argwhere(new) if tuple(int(x) for x in c) not in near]
             if far:
                 events.append((int(f), f"trail appeared at {far[0]} in frame {f}, away from the agent at {a}"))
@@ -298,6 +297,29 @@ def _score_maze(p, g, video):
             if b not in _bfs_dists(walkable, a, allowed_moves(p, n_frames, fb - fa)):
                 events.append((int(fb), f"agent jumped from {a} to {b} in {fb - fa} frame(s)"))
                 break
+    return events, track
+
+
+def _score_maze(p, g, video):
+    """Maze: P/R over path cells, SR = a legal walk start -> goal, r = R_conn * R_wall (spec 3.7, 7.2).
+
+    Visits come from _maze_visits, violations from _maze_events; the earliest violation ends the legal
+    prefix. SR also needs no violation, the agent to end, and stay, on the goal, walls kept
+    (LAYOUT_KEEP) and no repaint: at most REPAINT_SHARE of the cells may end up changed other than by
+    trail/agent on legally visited cells (reward-hacking guards, spec 7.3; both gates multiply r).
+      P = |V & S*| / |V|, R = |V & S*| / |S*|, V = visited cells minus start, S* = GT path minus start
+      R_conn = share of S* reachable from start through cells visited before the first violation
+      R_wall = (1 - w)^2, w = share of V that are walls
+    """
+    palette = np.array([pz.MAZE_COLORS[k] for k in MAZE_CLASSES], dtype=np.float32)
+    expect = np.where(p.grid, M_WALL, M_FLOOR)
+    expect[p.goal], expect[p.start] = M_GOAL, M_AGENT
+    zero = dict(conn=0.0, wall=0.0, layout=0.0, repaint=0.0)
+    labels, why = _frame0(p, g, video, palette, expect)
+    if labels is None:
+        return _failed(zero, why)
+    first = _maze_visits(labels, p.start)
+    events, track = _maze_events(p, labels, first)
 
     cut = min((f for f, _ in events), default=NEVER)
     legal = (first < cut) & ~p.grid
@@ -307,14 +329,14 @@ def _score_maze(p, g, video):
     # changes the legal walk explains: trail or agent on a cell it visited; anything else is a repaint
     explained = (end == expect) | (legal & ((end == M_TRAIL) | (end == M_AGENT)))
     repainted = int((~explained).sum())
-    repaint = float(repainted <= REPAINT_SHARE * rows * cols)
+    repaint = float(repainted <= REPAINT_SHARE * p.grid.size)
     on_goal = bool(track) and track[-1][1] == p.goal and end[p.goal] == M_AGENT
 
     gt = set(p.solution[1:])
     pred = {(int(r), int(c)) for r, c in np.argwhere(first < NEVER)} - {p.start}
     precision, recall, f1 = _prf(len(pred & gt), len(pred), len(gt))
     conn = len(gt & {(int(r), int(c)) for r, c in np.argwhere(_flood(legal, p.start))}) / len(gt)
-    wall = (1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
+    wall = float(1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
     reward = conn * wall * layout * repaint
 
     if events:
@@ -331,22 +353,6 @@ def _score_maze(p, g, video):
         reason = "ok"
     comps = dict(conn=conn, wall=wall, layout=layout, repaint=repaint, first_frame=1.0)
     return Score(precision, recall, f1, int(reason == "ok"), float(reward), comps, reason)
-
-
-def _flood(allowed, src):
-    """Cells 4-connected to src through `allowed` (src included if allowed): (R, C) bool."""
-    rows, cols = allowed.shape
-    out = np.zeros_like(allowed, dtype=bool)
-    if not allowed[src]:
-        return out
-    out[src] = True
-    stack = [src]
-    while stack:
-        for nb in pz._neighbours(stack.pop(), rows, cols):
-            if allowed[nb] and not out[nb]:
-                out[nb] = True
-                stack.append(nb)
-    return out
 
 
 # -----------------------------------------------------------------------------
@@ -486,40 +492,19 @@ def _sokoban_walk(wall, a, b, limit, known=frozenset()):
     return pushes[::-1]
 
 
-def _score_sokoban(p, g, video, weights):
-    """Sokoban: board states per frame, legal transitions, pushes vs GT pushes (spec 5.6, 7.2).
-
-    A frame gives a state (player, boxes) when every floor cell reads clearly, with exactly one player
-    and all boxes; frames with sprites between cells are skipped. Events that break legality on their
-    own (one frame is enough, sprites never cover a cell they are not on): a box or player read inside
-    a wall; a clear frame with one player but a box missing or extra (the player walked onto a box, or
-    a box is between cells while the player stands still: in a push both move in lockstep, so mid-push
-    the player is not clear either); a target that reads as floor twice; two players in two frames. Between successive distinct states
-    there must be a legal unit-move sequence no longer than allowed_moves for the frame gap.
-      P = |pushes & GT pushes| / |pushes|, R = ... / |GT pushes| (multisets of (from, to) box cells)
-      R_proc = legal transitions before the first violation / all transitions (0 if nothing moved)
-      R_state = share of boxes on targets in the last state reached legally
-      SR = no violation, the last state has every box on a target and is seen in the last 3 frames
-    """
-    palette = np.array([pz.SOKO_COLORS[k] for k in SOKO_CLASSES], dtype=np.float32)
-    expect = np.where(p.grid, S_WALL, S_FLOOR)
-    for t in p.targets:
-        expect[t] = S_TARGET
-    for b in p.boxes:
-        expect[b] = S_BOX
-    expect[p.start] = S_PLAYER
-    zero = dict(state=0.0, proc=0.0, layout=0.0)
-    labels, why = _frame0(p, g, video, palette, expect)
-    if labels is None:
-        return _failed(zero, why)
-    n_frames = len(labels)
+def _sokoban_frames(p, labels):
+    """Per-frame violations as (frame, why), and the runs of clear boards [first frame, last frame,
+    (player, frozenset of boxes)]. A frame is clear when every floor cell reads clearly (frames with
+    sprites between cells are skipped) and it shows one player and all boxes. Violations that need one
+    frame only (sprites never cover a cell they are not on): a box or player read inside a wall; a clear
+    frame with one player but a box missing or extra (the player walked onto a box, or a box is between
+    cells while the player stands still: in a push both move in lockstep, so mid-push the player is not
+    clear either). Over two frames: a target reading as floor, two players."""
     n_boxes = len(p.boxes)
-    targets = frozenset(p.targets)
     is_target = np.zeros(p.grid.shape, dtype=bool)
     for t in p.targets:
         is_target[t] = True
     events = []
-
     in_wall = p.grid & ((labels == S_BOX) | (labels == S_PLAYER))             # (F, R, C)
     if in_wall.any():
         f, r, c = np.argwhere(in_wall)[0]
@@ -541,8 +526,7 @@ def _score_sokoban(p, g, video, weights):
         f = int(odd[0])
         events.append((f, f"{n_box[f]} boxes visible at frame {f}, expected {n_boxes}, the player standing "
                           "clear (a box vanished, moved by itself, or the player walked onto it)"))
-
-    runs = []  # [first frame, last frame, state]
+    runs = []
     for f in np.nonzero(clear & (n_player == 1) & (n_box == n_boxes))[0]:
         player = tuple(int(x) for x in np.argwhere(labels[f] == S_PLAYER)[0])
         state = (player, frozenset(tuple(int(x) for x in b) for b in np.argwhere(labels[f] == S_BOX)))
@@ -550,17 +534,46 @@ def _score_sokoban(p, g, video, weights):
             runs[-1][1] = int(f)
         else:
             runs.append([int(f), int(f), state])
+    return events, runs
+
+
+def _score_sokoban(p, g, video, weights):
+    """Sokoban: board states per frame, legal transitions, pushes vs GT pushes (spec 5.6, 7.2).
+
+    Violations and clear boards come from _sokoban_frames. Between successive distinct boards there must
+    be a legal unit-move sequence no longer than allowed_moves for the frame gap (_sokoban_walk).
+      P = |pushes & GT pushes| / |pushes|, R = ... / |GT pushes| (multisets of (from, to) box cells)
+      R_proc = legal transitions before the first violation / all transitions (0 if nothing moved)
+      R_state = share of boxes on targets in the last board reached legally
+      SR = no violation, the last board has every box on a target and is seen in the last 3 frames
+    """
+    palette = np.array([pz.SOKO_COLORS[k] for k in SOKO_CLASSES], dtype=np.float32)
+    expect = np.where(p.grid, S_WALL, S_FLOOR)
+    for t in p.targets:
+        expect[t] = S_TARGET
+    for b in p.boxes:
+        expect[b] = S_BOX
+    expect[p.start] = S_PLAYER
+    zero = dict(state=0.0, proc=0.0, layout=0.0)
+    labels, why = _frame0(p, g, video, palette, expect)
+    if labels is None:
+        return _failed(zero, why)
+    n_frames = len(labels)
+    targets = frozenset(p.targets)
+    events, runs = _sokoban_frames(p, labels)
+
     gt_pushes = Counter((s[1][i], t[1][i]) for s, t in zip(p.solution, p.solution[1:])
-                        for i in range(n_boxes) if s[1][i] != t[1][i])
+                        for i in range(len(p.boxes)) if s[1][i] != t[1][i])
     pushes, n_legal, reached = [], 0, runs[0][2] if runs else None
     cut = min((f for f, _ in events), default=NEVER)
     for (_, fa, a), (fb, _, b) in zip(runs, runs[1:]):
         if fb >= cut:
             break
-        step = _sokoban_walk(p.grid, a, b, allowed_moves(p, n_frames, fb - fa), frozenset(gt_pushes))
+        budget = allowed_moves(p, n_frames, fb - fa)
+        step = _sokoban_walk(p.grid, a, b, budget, frozenset(gt_pushes))
         if step is None:
             events.append((fb, f"illegal change between frames {fa} and {fb}: no legal move sequence of "
-                               f"<= {allowed_moves(p, n_frames, fb - fa)} moves leads from one board to the next"))
+                               f"<= {budget} moves leads from one board to the next"))
             break
         pushes += step
         n_legal += 1
@@ -569,10 +582,9 @@ def _score_sokoban(p, g, video, weights):
 
     got = Counter(pushes)
     precision, recall, f1 = _prf(sum((got & gt_pushes).values()), sum(got.values()), sum(gt_pushes.values()))
-    r_state = len(reached[1] & targets) / n_boxes if reached and n_trans > 0 else 0.0
+    r_state = len(reached[1] & targets) / len(targets) if reached and n_trans > 0 else 0.0
     r_proc = n_legal / n_trans if n_trans > 0 else 0.0
-    end = _final(labels)
-    layout = float((end[p.grid] == S_WALL).mean() >= LAYOUT_KEEP)
+    layout = float((_final(labels)[p.grid] == S_WALL).mean() >= LAYOUT_KEEP)
     reward = (weights[0] * r_state + weights[1] * r_proc) * layout
 
     if events:
@@ -618,7 +630,7 @@ def summarize(scores):
     nan = float("nan")
     prec = float(np.mean(defined)) if defined else nan
     rec = float(np.mean([s.recall for s in scores])) if scores else nan
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else (0.0 if prec == prec and rec == rec else nan)
+    f1 = nan if np.isnan(prec) or np.isnan(rec) else (2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0)
     return dict(n=len(scores), precision=prec, recall=rec, f1=f1,
                 success=float(np.mean([s.success for s in scores])) if scores else nan,
                 f1_mean=float(np.mean([s.f1 for s in scores])) if scores else nan,
