@@ -274,9 +274,17 @@ def _maze_events(p, labels, first):
     for f in np.unique(first[(first > 0) & (first < NEVER)]):
         new = first == f
         grown = visited | new
-        stray = np.argwhere(new & ~_flood(grown, p.start))
-        if len(stray):
-            events.append((int(f), f"teleport: cell ({stray[0][0]}, {stray[0][1]}) appeared at frame {f} "
+        # the old set is connected, so only the new cells need a flood: from those touching it
+        cells = {(int(r), int(c)) for r, c in np.argwhere(new)}
+        reached = [x for x in cells if any(visited[nb] for nb in pz._neighbours(x, *p.grid.shape))]
+        stack, reached = list(reached), set(reached)
+        while stack:
+            for nb in pz._neighbours(stack.pop(), *p.grid.shape):
+                if nb in cells and nb not in reached:
+                    reached.add(nb)
+                    stack.append(nb)
+        if cells - reached:
+            events.append((int(f), f"teleport: cell {min(cells - reached)} appeared at frame {f} "
                                    "not connected to the visited cells"))
         if new.sum() > allowed_moves(p, n_frames, f - last_growth):
             events.append((int(f), f"{int(new.sum())} cells visited within {f - last_growth} frame(s) at frame {f}"))
