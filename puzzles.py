@@ -142,6 +142,22 @@ def _neighbours(cell, rows, cols):
     return [(r + dr, c + dc) for dr, dc in DIRS if 0 <= r + dr < rows and 0 <= c + dc < cols]
 
 
+def bfs_distances(free, src, limit=None):
+    """Walk lengths from src over 4-connected True cells of `free`, up to `limit` moves (all if None):
+    {cell: moves}. src itself is always included, even if not free."""
+    rows, cols = free.shape
+    dist = {src: 0}
+    queue = deque([src])
+    while queue:
+        cur = queue.popleft()
+        if limit is None or dist[cur] < limit:
+            for nb in _neighbours(cur, rows, cols):
+                if free[nb] and nb not in dist:
+                    dist[nb] = dist[cur] + 1
+                    queue.append(nb)
+    return dist
+
+
 def shortest_path(free, start, goal):
     """BFS over 4-connected True cells of `free`; the cell list start..goal, or None if unreachable."""
     rows, cols = free.shape
@@ -224,15 +240,7 @@ def _carve_maze(rng, rooms):
 
 def _farthest(free, src, rng):
     """A free cell at maximal BFS distance from src (ties broken by rng)."""
-    rows, cols = free.shape
-    dist = {src: 0}
-    queue = deque([src])
-    while queue:
-        cur = queue.popleft()
-        for nb in _neighbours(cur, rows, cols):
-            if free[nb] and nb not in dist:
-                dist[nb] = dist[cur] + 1
-                queue.append(nb)
+    dist = bfs_distances(free, src)
     far = max(dist.values())
     return rng.choice(sorted(c for c, d in dist.items() if d == far))
 

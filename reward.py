@@ -24,7 +24,7 @@ it and that sequence is not longer than the frame gap allows at up to about twic
 
 Run the tests: python -m pytest -q tests/test_reward.py; speed: python tests/bench_reward.py
 """
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,37 +202,6 @@ def _failed(components, reason):
     return Score(None, 0.0, 0.0, 0, 0.0, {**components, "first_frame": 0.0}, reason)
 
 
-def _bfs_dists(allowed, src, limit):
-    """Walk lengths <= limit from src to the cells reachable through `allowed` cells: {cell: moves}."""
-    rows, cols = allowed.shape
-    dist = {src: 0}
-    queue = deque([src])
-    while queue:
-        cur = queue.popleft()
-        if dist[cur] < limit:
-            for nb in pz._neighbours(cur, rows, cols):
-                if allowed[nb] and nb not in dist:
-                    dist[nb] = dist[cur] + 1
-                    queue.append(nb)
-    return dist
-
-
-def _flood(allowed, src):
-    """Cells 4-connected to src through `allowed` (src included if allowed): (R, C) bool."""
-    rows, cols = allowed.shape
-    out = np.zeros_like(allowed, dtype=bool)
-    if not allowed[src]:
-        return out
-    out[src] = True
-    stack = [src]
-    while stack:
-        for nb in pz._neighbours(stack.pop(), rows, cols):
-            if allowed[nb] and not out[nb]:
-                out[nb] = True
-                stack.append(nb)
-    return out
-
-
 # -----------------------------------------------------------------------------
 # maze
 
@@ -292,7 +261,7 @@ def _maze_events(p, labels, first):
         if nearest is not None and abs(track[nearest][0] - f) <= SIGHTING_WINDOW:
             # the trail is drawn by the agent: new cells lie within reach of where it is seen
             fa, a = track[nearest]
-            near = _bfs_dists(grown | (first <= fa), a, allowed_moves(p, n_frames, abs(int(f) - fa)))
+            near = pz.bfs_distances(grown | (first <= fa), a, allowed_moves(p, n_frames, abs(int(f) - fa)))
             far = [tuple(int(x) for x in c) for c in np.argwhere(new) if tuple(int(x) for x in c) not in near]
             if far:
                 events.append((int(f), f"trail appeared at {far[0]} in frame {f}, away from the agent at {a}"))
@@ -302,7 +271,7 @@ def _maze_events(p, labels, first):
         if a != b:
             walkable = first <= fb
             walkable[a] = walkable[b] = True
-            if b not in _bfs_dists(walkable, a, allowed_moves(p, n_frames, fb - fa)):
+            if b not in pz.bfs_distances(walkable, a, allowed_moves(p, n_frames, fb - fa)):
                 events.append((int(fb), f"agent jumped from {a} to {b} in {fb - fa} frame(s)"))
                 break
     return events, track
@@ -343,7 +312,7 @@ def _score_maze(p, g, video):
     gt = set(p.solution[1:])
     pred = {(int(r), int(c)) for r, c in np.argwhere(first < NEVER)} - {p.start}
     precision, recall, f1 = _prf(len(pred & gt), len(pred), len(gt))
-    conn = len(gt & {(int(r), int(c)) for r, c in np.argwhere(_flood(legal, p.start))}) / len(gt)
+    conn = len(gt & set(pz.bfs_distances(legal, p.start))) / len(gt)
     wall = float(1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
     reward = conn * wall * layout * repaint
 
@@ -410,7 +379,7 @@ def _score_flowfree(p, g, video, weights):
     n_cells = ~is_end
     coloured = final >= 1
     ends_ok = [final[e] == i + 1 and same[e] == 1 for i, pair in enumerate(p.endpoints) for e in pair]
-    joined = [bool(final[a] == i + 1 and final[b] == i + 1 and _flood(final == i + 1, a)[b])
+    joined = [bool(final[a] == i + 1 and final[b] == i + 1 and b in pz.bfs_distances(final == i + 1, a))
               for i, (a, b) in enumerate(p.endpoints)]
     c1 = float(np.mean(ends_ok))
     c2 = float(np.mean(joined))
@@ -424,7 +393,7 @@ def _score_flowfree(p, g, video, weights):
             truth[cell] = i + 1
     precision, recall, f1 = _prf(int((n_cells & (final == truth)).sum()), int((n_cells & coloured).sum()),
                                  int(n_cells.sum()))
-    single = [bool(_flood(final == i + 1, a).sum() == (final == i + 1).sum()) for i, (a, _) in enumerate(p.endpoints)]
+    single = [len(pz.bfs_distances(final == i + 1, a)) == (final == i + 1).sum() for i, (a, _) in enumerate(p.endpoints)]
     if not (n_cells & coloured).any():
         reason = "nothing drawn: no pipe cell coloured (static video?)"
     elif recolour.any():
