@@ -9,7 +9,6 @@ import random
 import subprocess
 import sys
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
