@@ -26,6 +26,7 @@ S >= L padded tokens, C width, N heads, D head dim, Lt = text_len text slots, Lc
 Tests: python -m pytest tests/test_model_*.py -q (against the official outputs); benchmarks:
 python tests/bench_dit.py, tests/bench_vae.py, tests/bench_model_load.py.
 """
+import contextlib
 import html
 import json
 import math
@@ -121,7 +122,7 @@ def rope_cos_sin(grid, head_dim, seq_len, device):
     parts = (c - 2 * (c // 3), c // 3, c // 3)
     inv = torch.cat([1.0 / torch.pow(10000.0, torch.arange(0, 2 * n, 2, dtype=torch.float64, device=device) / (2 * n))
                      for n in parts])                                       # (D/2,)
-    axis = torch.arange(3, device=device).repeat_interleave(torch.tensor(parts, device=device))   # axis of each pair
+    axis = torch.tensor([i for i, n in enumerate(parts) for _ in range(n)], device=device)   # (D/2,) axis of each pair
     pos = torch.cartesian_prod(*(torch.arange(n, dtype=torch.float64, device=device) for n in grid))  # (L, 3)
     angles = pos.view(-1, 3)[:, axis] * inv                                 # (L, D/2)
     angles = F.pad(angles, (0, 0, 0, seq_len - angles.shape[0]))           # (S, D/2)
@@ -141,6 +142,12 @@ def layer_norm32(x, weight=None, bias=None, eps=1e-6):
     w = None if weight is None else weight.float()
     b = None if bias is None else bias.float()
     return F.layer_norm(x.float(), x.shape[-1:], w, b, eps).type_as(x)
+
+
+def fp32_island(device):
+    """Autocast off inside an fp32 island (the official autocast(dtype=float32) regions). Devices
+    without autocast (meta, used by train.py --dry_run to count FLOPs) need nothing switched off."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else contextlib.nullcontext()
 
 
 def linear32(layer, x):
@@ -235,7 +242,7 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
 
     def forward(self, x, e):
-        with torch.autocast(x.device.type, enabled=False):
+        with fp32_island(x.device):
             shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)   # 2 x (B, S, C)
             x = layer_norm32(x.float(), eps=self.eps) * (1 + scale) + shift
             return linear32(self.head, x)                                   # (B, S, pt*ph*pw*C_out)
@@ -291,7 +298,7 @@ class WanModel(nn.Module):
         B, S = t.shape
         emb = sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).float()   # (B*S, freq_dim)
         te, tp = self.time_embedding, self.time_projection
-        with torch.autocast(t.device.type, enabled=False):
+        with fp32_island(t.device):
             e = linear32(te[2], F.silu(linear32(te[0], emb))).unflatten(0, (B, S))   # (B, S, C)
             e0 = linear32(tp[1], F.silu(e)).unflatten(2, (6, self.cfg.dim))           # (B, S, 6, C)
         return e, e0
@@ -389,7 +396,9 @@ class ChannelRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
 
     def forward(self, x):
-        return F.normalize(x, dim=1) * (x.shape[1] ** 0.5) * self.gamma
+        # = F.normalize(x, dim=1) (x / max(||x||, 1e-12)); rsqrt of the clamped sum of squares is 4x
+        # faster on CPU than F.normalize's strided norm over dim 1 (equal to ~1e-7)
+        return x * torch.rsqrt(x.square().sum(1, keepdim=True).clamp_min(1e-24)) * (x.shape[1] ** 0.5) * self.gamma
 
 
 class ResidualBlock(nn.Module):
