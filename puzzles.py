@@ -37,8 +37,9 @@ DOMAINS = ("maze", "flowfree", "sokoban")
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
 # Difficulty knobs per domain and their defaults; generate() rejects any other keyword.
-#   maze:     rooms = rooms per side of a perfect block maze (grid 2*rooms+1), min_moves = shortest
-#             allowed start->goal path (start and goal are the two ends of the maze's longest path)
+#   maze:     rooms = rooms per side of a perfect block maze (grid 2*rooms+1); min_moves > 0: start and
+#             goal are a random pair of rooms at least min_moves unit moves apart along the maze;
+#             min_moves = 0: they are the two ends of the maze's longest path
 #   flowfree: size = grid side, colors = number of endpoint pairs
 #   sokoban:  size = room side incl. border walls, boxes, min_pushes = least optimal pushes accepted
 KNOBS = {
@@ -46,10 +47,11 @@ KNOBS = {
     "flowfree": dict(size=5, colors=4),
     "sokoban": dict(size=6, boxes=1, min_pushes=3),
 }
-# Named levels (spec puzzles.md 3.1/4.1/5.1 proposals). "easy" is the CPU demo scale: a 7x7 maze,
-# a 5x5 flow, a 6x6 room, all of which fit 16-px cells in a 128x128 (maze) or 96x96 frame.
+# Named levels (spec puzzles.md 3.1/4.1/5.1 proposals). "easy" is the CPU demo scale: a 7x7 maze
+# (8-16 moves between a random far pair of rooms: ~2,400 distinct layouts, where the two ends of the
+# longest path give only ~200, too few to hold out a test set), a 5x5 flow, a 6x6 room, all of which fit 16-px cells in a 128x128 (maze) or 96x96 frame.
 LEVELS = {
-    "maze": {"easy": dict(rooms=3), "medium": dict(rooms=5), "hard": dict(rooms=7)},
+    "maze": {"easy": dict(rooms=3, min_moves=8), "medium": dict(rooms=5), "hard": dict(rooms=7)},
     "flowfree": {"easy": dict(size=5, colors=4), "medium": dict(size=6, colors=5),
                  "hard": dict(size=7, colors=6)},
     "sokoban": {"easy": dict(size=6, boxes=1, min_pushes=3), "medium": dict(size=7, boxes=2, min_pushes=4),
@@ -248,13 +250,20 @@ def _farthest(free, src, rng):
 def _make_maze(rng, seed, split, rooms, min_moves):
     if rooms < 2:
         raise ValueError(f"maze rooms must be >= 2 (a 1-room maze has no path), got {rooms}")
+    rooms_at = [(r, c) for r in range(1, 2 * rooms, 2) for c in range(1, 2 * rooms, 2)]
     for _ in range(MAX_ATTEMPTS):
         wall = _carve_maze(rng, rooms)
         free = ~wall
-        # the two ends of a longest path (tree diameter by double BFS): start and goal far apart
-        a = _farthest(free, (1, 1), rng)
-        b = _farthest(free, a, rng)
-        start, goal = (a, b) if rng.random() < 0.5 else (b, a)
+        if min_moves > 0:      # start and goal far apart: a random pair of rooms >= min_moves apart
+            dist = {a: bfs_distances(free, a) for a in rooms_at}
+            pairs = [(a, b) for a in rooms_at for b in rooms_at if dist[a][b] >= min_moves]
+            if not pairs:
+                continue
+            start, goal = rng.choice(pairs)
+        else:                  # the two ends of a longest path (tree diameter by double BFS)
+            a = _farthest(free, (1, 1), rng)
+            b = _farthest(free, a, rng)
+            start, goal = (a, b) if rng.random() < 0.5 else (b, a)
         if layout_split(layout_key("maze", wall, start, goal)) != split:
             continue
         path = shortest_path(free, start, goal)  # the solver: plain BFS, independent of the carving

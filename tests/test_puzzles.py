@@ -110,6 +110,16 @@ def test_maze_is_perfect_and_solution_is_the_unique_path(level):
     assert all(pz.generate("maze", s, rooms=4, min_moves=20).n_moves >= 20 for s in range(10))
 
 
+def test_maze_far_pair_endpoints_give_many_layouts():
+    # min_moves > 0: start and goal are a random pair of rooms at least min_moves apart, which gives the
+    # 3x3-room CPU level enough distinct layouts to hold out a test set (the longest-path ends give ~200)
+    ps = [pz.generate("maze", s, rooms=3, min_moves=8) for s in pz.split_seeds("train", 300)]
+    assert all(p.n_moves >= 8 and p.start[0] % 2 == p.start[1] % 2 == p.goal[0] % 2 == p.goal[1] % 2 == 1 for p in ps)
+    assert len({pz.puzzle_layout_key(p) for p in ps}) > 250
+    assert len({p.n_moves for p in ps}) >= 4                        # 8 .. 16 moves, not one fixed length
+    assert any(max(pz.bfs_distances(~p.grid, p.start).values()) > p.n_moves for p in ps)  # not always the farthest
+
+
 # -----------------------------------------------------------------------------
 # FlowFree
 
