@@ -230,7 +230,7 @@ def _maze_events(p, labels, first):
     n_frames = len(labels)
     events = [(int(first[r, c]), f"crossed the wall at ({r}, {c})") for r, c in np.argwhere(p.grid & (first < NEVER))]
     n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
-    two = np.nonzero((n_agents[:-1] >= 2) & (n_agents[1:] >= 2))[0]
+    two = np.nonzero((n_agents[:-1] >= 2) & (n_agents[1:] >= 2))[0]        # two agents seen twice in a row
     if len(two):
         events.append((int(two[0]), f"two agents at frame {two[0]}"))
     track = [(int(f), tuple(int(x) for x in np.argwhere(labels[f] == M_AGENT)[0]))
@@ -283,20 +283,26 @@ def _score_maze(p, g, video):
     Visits come from _maze_visits, violations from _maze_events; the earliest violation ends the legal
     prefix. SR also needs no violation, the agent to end, and stay, on the goal, walls kept
     (LAYOUT_KEEP) and no repaint: at most REPAINT_SHARE of the cells may end up changed other than by
-    trail/agent on legally visited cells (reward-hacking guards, spec 7.3; both gates multiply r).
+    trail/agent on legally visited cells; a single agent: r is scaled by the share of frames not showing
+    two agents (reward-hacking guards, spec 7.3; the three gates multiply r).
       P = |V & S*| / |V|, R = |V & S*| / |S*|, V = visited cells minus start, S* = GT path minus start
       R_conn = share of S* reachable from start through cells visited before the first violation
       R_wall = (1 - w)^2, w = share of V that are walls
+      legal  = share of V visited before the first violation (cells reached by a teleport, or painted
+               away from the agent once the path is done, would otherwise cost nothing)
     """
     palette = np.array([pz.MAZE_COLORS[k] for k in MAZE_CLASSES], dtype=np.float32)
     expect = np.where(p.grid, M_WALL, M_FLOOR)
     expect[p.goal], expect[p.start] = M_GOAL, M_AGENT
-    zero = dict(conn=0.0, wall=0.0, layout=0.0, repaint=0.0)
+    zero = dict(conn=0.0, wall=0.0, legal=0.0, layout=0.0, repaint=0.0, single_agent=0.0)
     labels, why = _frame0(p, g, video, palette, expect)
     if labels is None:
         return _failed(zero, why)
     first = _maze_visits(labels, p.start)
     events, track = _maze_events(p, labels, first)
+    n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
+    # single-agent gate (spec 7.3): the share of frame pairs not showing two agents twice in a row
+    single = 1.0 - float(((n_agents[:-1] >= 2) & (n_agents[1:] >= 2)).mean()) if len(labels) > 1 else 1.0
 
     cut = min((f for f, _ in events), default=NEVER)
     legal = (first < cut) & ~p.grid
@@ -314,7 +320,8 @@ def _score_maze(p, g, video):
     precision, recall, f1 = _prf(len(pred & gt), len(pred), len(gt))
     conn = len(gt & set(pz.bfs_distances(legal, p.start))) / len(gt)
     wall = float(1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
-    reward = conn * wall * layout * repaint
+    lawful = sum(bool(legal[c]) for c in pred) / len(pred) if pred else 0.0
+    reward = conn * wall * lawful * layout * repaint * single
 
     if events:
         reason = min(events)[1]
@@ -328,7 +335,7 @@ def _score_maze(p, g, video):
         reason = "the agent does not end on the goal"
     else:
         reason = "ok"
-    comps = dict(conn=conn, wall=wall, layout=layout, repaint=repaint, first_frame=1.0)
+    comps = dict(conn=conn, wall=wall, legal=lawful, layout=layout, repaint=repaint, single_agent=single, first_frame=1.0)
     return Score(precision, recall, f1, int(reason == "ok"), float(reward), comps, reason)
 
 

@@ -256,9 +256,9 @@ def maze_isolated_cheats(p, video, g, frames):
     agent = (hidden[1:f_c] == pz.MAZE_COLORS["agent"]).all(-1)
     hidden[1:f_c][agent] = pz.MAZE_COLORS["trail"]
     assert rw.score(p, hidden).success == 1
-    # ... and a jump cut in it (a third of the motion frames removed) makes the trail grow too fast
-    k = f_c // 3
-    cut = np.concatenate([hidden[:k], hidden[k + f_c // 3:], np.repeat(hidden[-1:], f_c // 3, 0)])
+    # ... and a jump cut in it (every motion frame but the first and last removed) makes the trail grow
+    # too fast; a milder cut can stay within the 2x-pace + slack budget on an 8-move maze
+    cut = np.concatenate([hidden[:2], hidden[f_c - 1:], np.repeat(hidden[-1:], f_c - 3, 0)])
     check_cheat(p, cut, "cells visited within")
     return n + 4
 
