@@ -14,7 +14,7 @@ thomasahle/numberlink (no-self-touch FlowFree generation filters). No code is ta
   render(puzzle, height, width, frames) -> (frames, height, width, 3) uint8 GT video
   geometry(puzzle, height, width) -> Geometry      where each grid cell sits in a frame of that size
   split_seeds(split, n, start=0)                   disjoint train/test seeds (and disjoint layouts)
-  save_gif(path, video, fps=8)
+  save_gif(path, video, fps=8), side_by_side(videos, captions, ok)
 
 Conventions. Cells are (row, col) tuples of ints; grids are (R, C) numpy arrays, row 0 at the top.
 A unit move is one step of the agent (maze), one pipe cell drawn (FlowFree) or one player step,
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 DOMAINS = ("maze", "flowfree", "sokoban")
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
@@ -863,6 +863,21 @@ def save_gif(path, video, fps=8):
         raise ValueError(f"save_gif expects a (F, H, W, 3) uint8 video, got {video.shape} {video.dtype}")
     frames = [Image.fromarray(f) for f in video]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(round(1000 / fps)), loop=0)
+
+
+def side_by_side(videos, captions, ok):
+    """Videos (n, F, H, W, 3) uint8 in one strip (F, H + 16, n (W + 4), 3), each framed green (ok[i]) or
+    red, with captions[i] written below: a rollout group and its verdicts (train.py)."""
+    n, F, H, W, _ = videos.shape
+    strip = np.full((F, H + 16, n * (W + 4), 3), 255, np.uint8)
+    label = Image.new("RGB", (strip.shape[2], 12), "white")
+    for i, (v, text, good) in enumerate(zip(videos, captions, ok)):
+        x = i * (W + 4)
+        strip[:, :H + 4, x:x + W + 4] = (40, 170, 60) if good else (210, 40, 40)
+        strip[:, 2:H + 2, x + 2:x + W + 2] = v
+        ImageDraw.Draw(label).text((x + 2, 0), text, fill="black")
+    strip[:, H + 4:] = np.asarray(label)[None]
+    return strip
 
 
 if __name__ == "__main__":
