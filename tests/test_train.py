@@ -1,0 +1,251 @@
+"""train.py: config parsing, LoRA, the dry-run cost model, and short real runs of the tiny config
+(end to end, exact resume, NaN stop, 2-process torchrun on CPU). Run: python -m pytest tests/test_train.py -q
+
+The runs share one small geometry (maze, 128x128, 5 frames) and one VAE warm-up, cached under
+tests/.cache by the first run that needs it, so the whole file takes about a minute or two on 2 cores.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import model as M
+import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+# a short but complete tiny run: stage 0 (cached), 2 SFT steps, 2 RL iterations, evaluation of 4 puzzles
+SMALL = ["--config", "tiny", "--frames=5", "--vae_steps=30", "--vae_batch=4", "--sft_steps=2", "--sft_batch=4",
+         "--rl_steps=2", "--puzzles_per_step=2", "--group_size=4", "--groups_per_update=2", "--num_steps=4",
+         "--sde_steps=2", "--eval_n=4", "--eval_steps=4", "--micro_batch=4", "--save_every=100", "--gif_every=1",
+         f"--cache_dir={ROOT / 'tests' / '.cache'}"]
+
+
+def run(args, tmp, *, torchrun=False, check=True):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun
+           else [sys.executable]) + [str(ROOT / "train.py"), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2"))
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+# -----------------------------------------------------------------------------
+# config
+
+def test_presets_overrides_and_errors():
+    for name in T.CONFIGS:
+        cfg = T.get_config(["--config", name])
+        assert cfg.config == name
+        T.check_config(cfg, 1)
+    cfg = T.get_config(["--config=5b", "--lr=3e-6", "--group_size", "4", "--dry_run", "--domains=maze", "--beta=1"])
+    assert (cfg.lr, cfg.group_size, cfg.dry_run, cfg.domains, cfg.beta) == (3e-6, 4, True, "maze", 1.0)
+    assert type(cfg.beta) is float                                   # an int literal for a float field
+    with pytest.raises(ValueError, match="unknown config key --lerning_rate"):
+        T.get_config(["--lerning_rate=1"])
+    with pytest.raises(ValueError, match="expected int"):
+        T.get_config(["--group_size=4.5"])
+    with pytest.raises(ValueError, match="needs a value"):
+        T.get_config(["--lr"])
+    with pytest.raises(ValueError, match="unknown config 'huge'"):
+        T.get_config(["--config", "huge"])
+    with pytest.raises(ValueError, match="4k\\+1"):
+        T.check_config(T.get_config(["--frames=16"]), 1)
+    with pytest.raises(ValueError, match="SDE window"):
+        T.check_config(T.get_config(["--num_steps=4", "--sde_steps=5"]), 1)
+
+
+# -----------------------------------------------------------------------------
+# LoRA
+
+def small_dit():
+    torch.manual_seed(0)
+    dit = M.WanModel(M.DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_len=8, text_dim=16))
+    for p in dit.parameters():                         # a non-zero head, so outputs depend on every weight
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, ctx = torch.randn(2, 4, 2, 4, 4), torch.tensor([300.0, 700.0]), [torch.randn(3, 16), torch.randn(5, 16)]
+    return dit, (x, t, ctx)
+
+
+def test_lora_keeps_names_starts_at_base_merges_and_switches_off():
+    dit, inp = small_dit()
+    base_keys = set(dit.state_dict())
+    base_out = dit(*inp)
+    n = T.add_lora(dit, rank=4, alpha=8.0, targets="q,k,v,o")
+    assert n == 2 * 2 * 4                                            # 2 blocks x (self, cross) x q,k,v,o
+    keys = set(dit.state_dict())
+    assert base_keys <= keys and all(".lora_" in k for k in keys - base_keys)
+    assert all(p.requires_grad == (".lora_" in name) for name, p in dit.named_parameters())
+    assert torch.equal(dit(*inp), base_out)                          # B = 0: starts as the base model
+    for name, p in dit.named_parameters():
+        if name.endswith("lora_B"):
+            torch.nn.init.normal_(p, std=0.1)
+    adapted = dit(*inp)
+    assert (adapted - base_out).abs().max() > 1e-3
+    T.set_lora(dit, False)
+    assert torch.equal(dit(*inp), base_out)                          # adapters off = the reference policy
+    T.set_lora(dit, True)
+    merged = T.merge_lora(dit.state_dict(), scale=8.0 / 4)
+    assert set(merged) == base_keys
+    plain, _ = small_dit()
+    plain.load_state_dict(merged, strict=True)
+    torch.testing.assert_close(plain(*inp), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_gradient_reaches_only_adapters():
+    dit, inp = small_dit()
+    T.add_lora(dit, rank=2, alpha=4.0, targets="ffn.0,ffn.2")
+    for name, p in dit.named_parameters():
+        if name.endswith("lora_B"):
+            torch.nn.init.normal_(p, std=0.1)
+    dit(*inp).square().mean().backward()
+    grads = {n: p.grad for n, p in dit.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".lora_" in n)
+    assert all(g is None for n, g in grads.items() if ".lora_" not in n)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        T.add_lora(small_dit()[0], 2, 4.0, "nonexistent")
+
+
+# -----------------------------------------------------------------------------
+# the RL update on stored steps (the end-to-end runs below start from an untrained model whose
+# rewards are all 0, so every group is filtered there: the update is checked here on real rollouts)
+
+def rollout_for_update(micro_batch):
+    cfg = T.get_config(["--config=tiny", "--frames=5", "--puzzles_per_step=2", "--group_size=3", "--groups_per_update=1",
+                        "--num_steps=4", "--sde_steps=2", "--grad_clip=1e9", "--clip_range=1e9", f"--micro_batch={micro_batch}"])
+    dit, _ = small_dit()
+    text = M.TextEncoder(M.T5Encoder(M.T5Config(vocab=256, dim=16, dim_attn=16, dim_ffn=32, num_heads=2, num_layers=1)), 8)
+    batch = T.make_puzzles(cfg, "train", 0, 2)
+    ctx = text.encode([p.prompt for p in batch])
+    g = torch.Generator().manual_seed(0)
+    _, traj = T.sde.sample(dit, torch.randn(6, 4, 2, 4, 4, generator=g), [ctx[j // 3] for j in range(6)],
+                           image_latent=torch.randn(2, 4, 1, 4, 4, generator=g)[[0, 0, 0, 1, 1, 1]], num_steps=4,
+                           sde_steps=2, noise_level=0.7, generator=g, patch_size=dit.cfg.patch_size)
+    return cfg, dit, text, batch, traj
+
+
+def update_once(micro_batch, adv):
+    cfg, dit, text, batch, traj = rollout_for_update(micro_batch)
+    before = [p.detach().clone() for p in dit.parameters()]
+    opt = torch.optim.SGD(dit.parameters(), lr=1.0)
+    out = T.rl_update(cfg, dit, None, text, batch, list(range(6)), traj, adv, opt, torch.device("cpu"), 1)
+    return [p.detach() - b for p, b in zip(dit.parameters(), before)], out
+
+
+def test_rl_update_is_the_mean_gradient_and_skips_zero_advantage_groups():
+    adv = [1.0, -0.5, -0.5, 0.0, 0.0, 0.0]                           # group 1: all-equal rewards, filtered
+    d1, out1 = update_once(1, adv)
+    d4, out4 = update_once(4, adv)
+    assert len(out1) == 2 and "skipped" in out1[1] and len(out1[0]["stats"]) == 3 * 2   # 3 videos x K
+    assert all(abs(s["ratio_mean"] - 1) < 1e-6 for s in out1[0]["stats"])          # on-policy: ratio 1
+    assert max(d.abs().max() for d in d1) > 0                        # the policy moved ...
+    for a, b in zip(d1, d4):                                         # ... by the same mean gradient, however split
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    d2, _ = update_once(1, [2 * a for a in adv])                     # the loss is linear in A (no clipping here)
+    for a, b in zip(d1, d2):
+        torch.testing.assert_close(2 * a, b, rtol=1e-4, atol=1e-7)
+    d0, out0 = update_once(1, [0.0] * 6)
+    assert all("skipped" in o for o in out0) and all(d.abs().max() == 0 for d in d0)
+
+
+# -----------------------------------------------------------------------------
+# dry run
+
+def test_dry_run_5b_counts_and_early_step_focus_saving(capsys):
+    res = T.main(["--config", "5b", "--dry_run"])
+    assert res["tokens"] == 13 * 15 * 15                             # 480x480x49 -> latent 13x30x30 -> 2,925 tokens
+    assert res["n_dit"] == 4_999_787_712                             # wan22.md 3.2
+    # cross-check the counted DiT forward against the matmul count of wan22.md section 3 (2 FLOPs per MAC)
+    c, L, Lt, layers = 3072, res["tokens"], 512, 30
+    per_layer = L * (4 * c * c + 2 * c * c + 2 * c * 14336) + Lt * 2 * c * c + 2 * L * L * c + 2 * L * Lt * c
+    # + once per video: text embedding (Lt tokens), and per token the patch embedding, the time MLP
+    # (256 -> c -> c), the 6-way time projection (c -> 6c) and the head (c -> 192)
+    analytic = 2 * (layers * per_layer + Lt * (4096 * c + c * c) + L * (48 * 4 * c + 256 * c + c * c + 6 * c * c + c * 192))
+    assert abs(res["f_dit"] / analytic - 1) < 0.02
+    esf, full = res["rows"]
+    assert esf[1] == 10 and full[1] == 20 and esf[2] == full[2]      # same rollout cost
+    assert abs(esf[3] / full[3] - 0.5) < 1e-9                        # update cost is linear in K
+    saving = 1 - esf[4] / full[4]
+    assert 0.2 < saving < 0.5
+    out = capsys.readouterr().out
+    assert "Early-Step Focus saves" in out and "4,999,787,712" in out
+    lora = T.main(["--config", "5b_lora", "--dry_run"])
+    assert lora["n_train"] == 30 * 2 * 4 * 32 * (3072 + 3072)        # r32 A and B on q,k,v,o of both attentions
+    assert lora["mem_gb"] < res["mem_gb"]
+
+
+# -----------------------------------------------------------------------------
+# real tiny runs
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    p = run([*SMALL, f"--out_dir={tmp / 'out'}"], tmp)
+    return tmp / "out", p.stdout + p.stderr
+
+
+def test_tiny_run_end_to_end_writes_everything(full_run):
+    out, log = full_run
+    rows = metrics(out)
+    assert [r["stage"] for r in rows] == ["sft"] * 2 + ["rl"] * 2
+    assert all(math.isfinite(r["loss"]) for r in rows if r["stage"] == "sft" or "loss" in r)
+    for key in ("reward", "reward_std", "success", "zero_std_ratio", "grad_norm", "lr", "time_rollout",
+                "time_decode", "time_reward", "time_update"):
+        assert key in rows[-1], key
+    latest = out / (out / "latest").read_text().strip()
+    assert latest.name == "ckpt_000004" and (out / "ckpt_000002").is_dir()   # stage-end checkpoints kept
+    assert {"dit.safetensors", "vae.safetensors", "t5.safetensors", "state.pt", "config.json"} <= {p.name for p in latest.iterdir()}
+    assert json.loads((latest / "config.json").read_text())["rl_steps"] == 2
+    for stage in ("sft", "rl"):
+        res = json.loads((out / f"eval_{stage}.json").read_text())
+        assert res["overall"]["n"] == 4 and len(res["samples"]) == 4
+        assert all(s["seed"] >= 1_000_000_000 for s in res["samples"])      # test split only
+    table = (out / "results.md").read_text()
+    assert "SFT + RL (VideoRLVR)" in table and "maze SR" in table and table in log
+    assert list((out / "gifs").glob("rl_*.gif")) and list((out / "gifs" / "eval_rl").glob("*.gif"))
+    assert "derived: latent (C, F, H, W)" in log
+
+
+def test_resume_is_exact(full_run, tmp_path):
+    """2 steps, stop, --resume for the last 2 (crossing SFT -> RL) == the 4 uninterrupted steps."""
+    out = tmp_path / "out"
+    args = [*SMALL, "--eval_n=0", f"--out_dir={out}"]
+    run([*args, "--stop_after=2"], tmp_path)
+    assert [r["step"] for r in metrics(out)] == [0, 1]
+    run([*args, "--resume"], tmp_path)
+    a, b = metrics(full_run[0]), metrics(out)
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "grad_norm", "reward", "success"):
+            if key in ra:
+                assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
+
+
+def test_nonfinite_loss_skips_then_stops(tmp_path):
+    p = run([*SMALL, "--rl_steps=0", "--eval_n=0", "--sft_steps=6", "--sft_lr=1e30", f"--out_dir={tmp_path / 'out'}"],
+            tmp_path, check=False)
+    assert p.returncode != 0
+    assert "non-finite loss or gradient, update skipped" in p.stdout + p.stderr
+    assert "NaN/inf for 3 consecutive steps" in p.stderr
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    p = run([*SMALL, "--eval_n=4", f"--out_dir={out}"], tmp_path, torchrun=True)
+    rows = metrics(out)
+    assert [r["stage"] for r in rows] == ["sft"] * 2 + ["rl"] * 2    # rank 0 alone writes: one row per step
+    assert all(math.isfinite(r["loss"]) for r in rows if r["stage"] == "sft" or "loss" in r)
+    assert "2 rank(s)" in p.stdout
+    assert p.stdout.count("derived: latent") == 1                    # rank 0 alone prints
+    res = json.loads((out / "eval_rl.json").read_text())
+    assert [s["index"] for s in res["samples"]] == [0, 1, 2, 3]      # the sharded test set, gathered
+    assert (out / (out / "latest").read_text().strip() / "dit.safetensors").exists()
