@@ -1,5 +1,4 @@
-"""
-The three networks of Wan2.2-TI2V-5B in plain PyTorch, and the loader for the released weights.
+"""The three networks of Wan2.2-TI2V-5B in plain PyTorch, and the loader for the released weights.
 
 - WanModel: the 5B diffusion transformer (DiT) that predicts the flow velocity v ~ eps - x0.
 - WanVAE: the Wan2.2 video VAE, 4x16x16 compression to 48 latent channels, causal in time.
@@ -15,16 +14,15 @@ Notable features (each a place where a port can silently go wrong; spec wan22.md
   in the number of frames, and one-piece processing gives the same numbers.
 - Parameter names equal the official checkpoints, so state dicts load with strict=True.
 
-References: Wan (arXiv:2503.20314); github.com/Wan-Video/Wan2.2 @42bf4cfa wan/modules/{model,
-vae2_2,t5,tokenizers}.py, wan/configs/wan_ti2v_5B.py; diffusers convert_wan_to_diffusers.py
-@58eb52c0 (-Diffusers key names). Facts taken from there, code written anew.
+References: Wan (arXiv:2503.20314); github.com/Wan-Video/Wan2.2 @42bf4cfa wan/modules/{model, vae2_2,
+t5,tokenizers}.py, wan/configs/wan_ti2v_5B.py; diffusers convert_wan_to_diffusers.py @58eb52c0
+(-Diffusers key names). Facts taken from there, code written anew.
 
 Dimension legend: B batch, C_in latent channels (z_dim), F/H/W latent frames/height/width,
 (pt, ph, pw) the DiT patch, (f, h, w) = (F/pt, H/ph, W/pw) token grid, L = f*h*w video tokens,
 S >= L padded tokens, C width, N heads, D head dim, Lt = text_len text slots, Lc true text length.
 
-Tests: python -m pytest tests/test_model_*.py -q (against the official outputs); benchmarks:
-python tests/bench_dit.py, tests/bench_vae.py, tests/bench_model_load.py.
+Tests: python -m pytest tests/test_model_*.py -q; benchmarks: tests/bench_{dit,vae,model_load}.py.
 """
 import contextlib
 import html
@@ -82,11 +80,9 @@ class T5Config:
 # "5b" = wan/configs/wan_ti2v_5B.py + shared_config.py @42bf4cfa and the release's config.json,
 # field for field (spec wan22.md section 2). "tiny" = CPU-sized, mutually consistent:
 # DiT in_dim/out_dim == VAE z_dim, DiT text_dim == T5 dim, T5 vocab == the byte tokenizer's.
-# The tiny sizes were chosen for the 2-core CPU demo (train.py --config tiny, 128x128 px, 17 frames):
-# the VAE's cost there is memory-bound at full resolution, so it is as thin as still reconstructs
-# puzzle frames after a ~4-minute warm-up (z 16: learned faster than z 48 in that budget); the DiT
-# reaches ~40% held-out maze success after ~4 minutes of SFT; text_len 64 covers the bytes that
-# tell the prompts apart.
+# Tiny sizes fit the 2-core CPU demo (train.py --config tiny, 128x128 px, 17 frames): a VAE as thin as
+# still reconstructs puzzle frames after a ~4-minute warm-up (z 16 learned faster than z 48), a DiT
+# at ~40% held-out maze success after ~5 minutes of SFT, text_len 64 = the bytes that tell prompts apart.
 DIT_CONFIGS = {
     "tiny": DiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=2, in_dim=16, out_dim=16,
                       text_len=64, text_dim=64),        # head dim 64 -> RoPE pairs 12/10/10
@@ -211,8 +207,7 @@ class WanAttentionBlock(nn.Module):
         x = x + SelfAttn(LN(x) * (1 + m1) + m0) * m2
         x = x + CrossAttn(LN_affine(x), text)
         x = x + FFN(LN(x) * (1 + m4) + m3) * m5
-    The gated adds promote the residual stream to fp32 under bf16 autocast (official fp32 island).
-    """
+    The gated adds promote the residual stream to fp32 under bf16 autocast (official fp32 island)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -264,8 +259,7 @@ class WanModel(nn.Module):
        Lt' <= text_len, whose rows beyond each true length are zero. Zero-padded to text_len here.
     seq_len: optional padded token count S > L; padding tokens are masked as attention keys.
     Returns (B, out_dim, F, H, W) float32. Set model.gradient_checkpointing = True to recompute
-    each block in backward. RoPE tables are cached per (grid, device), never in the state dict.
-    """
+    each block in backward. RoPE tables are cached per (grid, device), never in the state dict."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -629,8 +623,7 @@ class WanVAE(nn.Module):
     in-place op or detached cache inside: the tiny VAE trains by backprop through encode and
     decode(z, clamp=False). Latents are normalized z = (mu - mean) / std per channel with plain
     attributes, not state (the official .pth has none): the official 48 values when z_dim == 48,
-    else 0 / 1; set_latent_stats(mean, std) sets measured ones (save them beside the weights).
-    """
+    else 0 / 1; set_latent_stats(mean, std) sets measured ones (save them beside the weights)."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -893,8 +886,7 @@ def load_weights(model, paths, rules=(), aliases=None, dtype=None, device="cpu")
     """Fill a meta-built `model` from weights files, strictly: every key present, none extra or twice,
     shapes equal (file keys = rename_key(own key, rules)). One file at a time, each tensor is cast
     to `dtype` and moved to `device` straight out of the memory map (no copy when neither changes)
-    and the file is released before the next: peak host memory stays near one copy of the weights.
-    """
+    and the file is released before the next: peak host memory stays near one copy of the weights."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found, duplicate = {}, []                          # file key -> (path, shape, key inside that file)
     for p in paths:
