@@ -54,7 +54,7 @@ def evaluate(cfg, dit, vae, text, device, gif_dir=None, n_gifs=4):
                                num_steps=cfg.eval_steps, shift=cfg.eval_shift, cfg_scale=cfg.eval_cfg,
                                neg_context=T.negative_context(cfg, text, len(ps)), unipc=cfg.eval_unipc,
                                patch_size=dit.cfg.patch_size)
-        videos = T.to_uint8(vae.decode(x0, **T.vae_chunks(cfg)))                # (b, F, H, W, 3)
+        videos = T.decode_videos(vae, x0, cfg)                                  # (b, F, H, W, 3)
         for i, p, v in zip(idx, ps, videos):
             if i >= n:
                 continue

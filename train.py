@@ -406,6 +406,11 @@ def vae_chunks(cfg):
     return dict(chunk=None) if cfg.frames <= 33 else {}
 
 
+def decode_videos(vae, latents, cfg, batch=4):
+    """(B, C, F', h, w) -> (B, F, H, W, 3) uint8, 4 videos per call: tiny, CPU: 31 vs 98 ms/video at 32."""
+    return np.concatenate([to_uint8(vae.decode(latents[i:i + batch], **vae_chunks(cfg))) for i in range(0, len(latents), batch)])
+
+
 @torch.no_grad()
 def encode_puzzles(vae, batch, cfg, device, frames=None, cache=None):
     """Render puzzles and VAE-encode them: (B, C, F', H/16, W/16). frames=1: the conditioning image
@@ -562,7 +567,7 @@ def rl_rollout(cfg, step, dit, vae, text, device, rank, world):
     timing["rollout"] = time.time() - t0
     t0 = time.time()
     with torch.no_grad():
-        videos = np.concatenate([to_uint8(vae.decode(x, **vae_chunks(cfg))) for x in finals])  # (n, F, H, W, 3)
+        videos = decode_videos(vae, torch.cat(finals), cfg)                   # (n, F, H, W, 3)
     timing["decode"] = time.time() - t0
     t0 = time.time()
     scores = [reward.score(batch[j // G], v) for j, v in zip(mine, videos)]
@@ -925,13 +930,10 @@ def main(argv=None):
     if cfg.beta > 0 and not cfg.lora_rank:               # full fine-tuning: the reference is a frozen copy
         ref = copy.deepcopy(dit).requires_grad_(False).eval()
     dit.gradient_checkpointing = cfg.grad_checkpointing
-    dit.to(device)
-    if ref is not dit:
-        ref.to(device)
-    if world > 1:
-        shard_model(dit, device)
-        if ref is not dit:
-            shard_model(ref, device)
+    for m in (dit,) if ref is dit else (dit, ref):
+        m.to(device)
+        if world > 1:
+            shard_model(m, device)
     print0(f"DiT {sum(p.numel() for p in dit.parameters()):,} parameters, "
            f"{sum(p.numel() for p in dit.parameters() if p.requires_grad):,} trained")
 
@@ -964,14 +966,12 @@ def main(argv=None):
         else:
             log = rl_step(cfg, stage_step, dit, ref, vae, text, opt, device, rank, world)
         log = {"step": s, "stage_step": stage_step} | log | {"seconds": round(time.time() - t0, 3)}
-        if log["nonfinite"]:
-            bad += 1
+        bad = bad + 1 if log["nonfinite"] else 0
+        if bad:
             print0(f"warning: step {s}: non-finite loss or gradient, update skipped ({bad} in a row)")
             if bad >= 3:
                 raise RuntimeError(f"step {s}: the loss or gradient was NaN/inf for {bad} consecutive steps; stopping. "
                                    f"Lower the learning rate (sft_lr={cfg.sft_lr}, lr={cfg.lr}) or check the inputs.")
-        else:
-            bad = 0
         if is_master():
             with open(metrics, "a") as f:
                 f.write(json.dumps(log) + "\n")
