@@ -2,7 +2,8 @@
 
 1. Early-Step Focus vs full-step: RL from the main run's SFT checkpoint with SDE + backprop on the
    first K = N/2 steps vs on all N steps, same seeds, same number of iterations; prints the time per
-   RL iteration (ratio; paper: about 40% less) and the held-out results of both.
+   RL iteration (ratio; paper: about 40% less) and the held-out results of both. The K = N/2 arm is
+   the main run's own RL stage when its settings match (RL seeds depend on the RL step only).
 2. Dense vs sparse reward: where SFT succeeds rarely (a shorter SFT run, trained here), RL with the
    dense decomposed reward vs the success-only reward; prints the zero-std group ratio (with sparse
    rewards most groups are all-0 and teach nothing) and the held-out results of both.
@@ -50,28 +51,33 @@ def main():
     sft = run / f"ckpt_{cfg['sft_steps']:06d}"
     args.rl_steps = args.rl_steps or cfg["rl_steps"]
     common = ["--sft_steps=0", f"--rl_steps={args.rl_steps}", f"--seed={cfg['seed']}"]
-    table, lines = {}, []
+    table, lines = {f"SFT ({cfg['sft_steps']} steps)": json.loads((run / "eval_sft.json").read_text())}, []
 
     # 1. Early-Step Focus (K = N/2) vs full-step (K = N), same seeds and budget
     for name, k in (("ESF", cfg["num_steps"] // 2), ("full", cfg["num_steps"])):
         o = out / f"esf_{name}"
-        if not (o / "eval_rl.json").exists():
+        if (k, args.rl_steps, cfg["sde_start"]) == (cfg["sde_steps"], cfg["rl_steps"], 0) and (run / "eval_rl.json").exists():
+            o = run         # the main run's RL stage is this arm: same checkpoint, seeds and settings
+            print(f"K={k}: the RL stage of {run} (same SFT checkpoint, seeds and settings)")
+        elif not (o / "eval_rl.json").exists():
             train(args, f"--ckpt={sft}", *common, f"--sde_steps={k}", f"--out_dir={o}")
         t, res = rl_summary(o)
-        table[f"RL, K={k} ({name})"] = res
+        table[f"SFT + RL, K={k} ({name})"] = res
         lines.append((name, k, t))
-    (esf_name, _, a), (_, _, b) = lines
+    (_, _, a), (_, _, b) = lines
     print(f"\nEarly-Step Focus vs full-step, {args.rl_steps} RL iterations each from {sft}:")
     for name, k, t in lines:
         print(f"  K={k:2d} ({name}): {t['seconds']:.2f}s per iteration = rollout {t['rollout']:.2f} + decode "
               f"{t['decode']:.2f} + reward {t['reward']:.2f} + update {t['update']:.2f}")
     print(f"  time per iteration ESF / full = {a['seconds'] / b['seconds']:.2f} ({1 - a['seconds'] / b['seconds']:.0%} less)")
+    (out / "esf").mkdir(parents=True, exist_ok=True)
+    E.report(table, out / "esf")
 
     # 2. dense vs sparse reward from a rarely-succeeding SFT checkpoint
     weak = out / "sft_weak"
     if not (weak / "latest").exists():
         train(args, f"--sft_steps={args.weak_sft_steps}", "--rl_steps=0", f"--out_dir={weak}", f"--seed={cfg['seed']}")
-    table[f"SFT {args.weak_sft_steps} steps"] = json.loads((weak / "eval_sft.json").read_text())
+    table = {f"SFT {args.weak_sft_steps} steps": json.loads((weak / "eval_sft.json").read_text())}
     for reward in ("dense", "sparse"):
         o = out / f"reward_{reward}"
         if not (o / "eval_rl.json").exists():
@@ -80,8 +86,8 @@ def main():
         table[f"SFT {args.weak_sft_steps} + RL, {reward} reward"] = res
         print(f"  {reward:6s} reward: zero-std group ratio {t['zero_std']:.2f}, held-out SR "
               f"{res['overall']['success']:.3f} ± {res['overall']['success_se']:.3f}")
-    print()
-    E.report(table, out)
+    (out / "reward").mkdir(parents=True, exist_ok=True)
+    E.report(table, out / "reward")
 
 
 if __name__ == "__main__":
