@@ -31,15 +31,16 @@ import train as T
 
 
 @torch.no_grad()
-def evaluate(cfg, dit, vae, text, device, gif_dir=None, n_gifs=4):
-    """Generate and score cfg.eval_n test puzzles; returns {"overall": summary, "<domain>": summary,
-    "samples": per-sample rows} on every rank (scores are gathered). Puzzle i's initial noise comes
+def evaluate(cfg, dit, vae, text, device, gif_dir=None, n_gifs=4, split=("test", 0)):
+    """Generate and score cfg.eval_n test puzzles (or, for tuning, `split` = ("train", first index) of
+    puzzles no stage trains on); returns {"overall": summary, "<domain>": summary, "samples": per-sample
+    rows} on every rank (scores are gathered). Puzzle i's initial noise comes
     from its own generator, so the videos do not depend on the number of ranks or the batch size.
     Every rank makes the same number of DiT forwards (the last rank's share is padded with repeats
     that are dropped): a sharded (FSDP) model needs all ranks in every forward."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     n = cfg.eval_n
-    batch = T.make_puzzles(cfg, "test", 0, n)
+    batch = T.make_puzzles(cfg, *split, n)
     share = [i for i in range(rank, math.ceil(n / world) * world, world)]    # indices >= n are padding
     lat = (vae.cfg.z_dim, (cfg.frames - 1) // 4 + 1, cfg.height // 16, cfg.width // 16)
     rows, saved = [], 0

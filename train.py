@@ -210,8 +210,7 @@ def get_config(argv, base=None):
 
 def check_config(cfg, world):
     """Errors for settings that cannot work, before anything expensive happens."""
-    doms = domains(cfg)
-    bad = [d for d in doms if d not in puzzles.DOMAINS]
+    bad = [d for d in domains(cfg) if d not in puzzles.DOMAINS]
     if bad:
         raise ValueError(f"--domains: unknown {bad}; choose from {puzzles.DOMAINS}")
     if cfg.frames % 4 != 1 or cfg.height % 32 or cfg.width % 32:
@@ -255,8 +254,7 @@ def is_master():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def print0(*args, **kw):
-    """Only rank 0 prints (tqdm-safe)."""
+def print0(*args, **kw):                # rank 0 alone prints (through tqdm, so bars stay intact)
     if is_master():
         tqdm.write(" ".join(str(a) for a in args), **kw)
 
@@ -453,10 +451,10 @@ def warmup_vae(cfg, vae, device):
     saturated, floor and walls grey; a plain MSE is dominated by the grey areas and blurs the sprites
     away. Frame 0 is the conditioning image, encoded alone. The pooled term asks for each region's mean
     colour, which is what the verifier reads: without it the agent on the green goal decoded as a brown
-    that is neither (GT test mazes still verified after a round trip: 0% / 5% for seeds 0 / 1; 77%). Full clips at the run's frame count: a VAE trained on shorter clips broke on the
-    later chunks of longer ones. Adam, 20 warm-up steps, linear decay. Afterwards the per-channel
-    mean and std of the encoder output become the latent normalization (as Wan2.2 ships its 48
-    measured values), so the DiT sees unit-scale latents."""
+    that is neither (GT test mazes still verifying after a round trip: 0% / 5% for seeds 0 / 1; 77%).
+    Full clips at the run's frame count: a VAE trained on shorter clips broke on longer ones. Adam,
+    20 warm-up steps, linear decay. Then the per-channel mean and std of the encoder output become
+    the latent normalization (as Wan2.2 ships its 48 measured values): the DiT sees unit-scale latents."""
     key = json.dumps(dict(vae=dataclasses.asdict(vae.cfg), domains=domains(cfg), level=cfg.level, size=(cfg.frames, cfg.height, cfg.width),
                           steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr, seed=cfg.seed, version=3), sort_keys=True)
     path = ROOT / cfg.cache_dir / f"vae_{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
@@ -485,13 +483,16 @@ def warmup_vae(cfg, vae, device):
         with torch.no_grad():                                                  # measured latent statistics
             z = encode_puzzles(vae, make_puzzles(cfg, "train", 20_000_000, 32), cfg, device)   # raw: stats 0 / 1
             mean, std = z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+            test = make_puzzles(cfg, "test", 0, 64)                            # does a round trip still verify?
+            ok = sum(reward.score(p, v).success for p, v in zip(test, decode_videos(vae, encode_puzzles(vae, test, cfg, device), cfg)))
         sd = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
         sd["latent_mean"], sd["latent_std"] = mean.cpu(), std.cpu()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(sd, str(tmp), metadata={"key": key})
         os.replace(tmp, path)
-        print0(f"stage 0: VAE warm-up {cfg.vae_steps} steps in {time.time() - t0:.0f}s, final loss {loss.item():.5f}, cached at {path}")
+        print0(f"stage 0: VAE warm-up {cfg.vae_steps} steps in {time.time() - t0:.0f}s, final loss {loss.item():.5f}; "
+               f"{ok} of {len(test)} ground-truth test videos still verify after an encode-decode round trip; cached at {path}")
     if dist.is_initialized():
         dist.barrier()
     sd = load_file(str(path))
@@ -514,8 +515,7 @@ def sft_step(cfg, step, dit, vae, text, opt, device, rank, world, cache=None):
     batch = make_puzzles(cfg, "train", step * cfg.sft_batch + rank * per_rank, per_rank)
     x0 = encode_puzzles(vae, batch, cfg, device, cache=cache)           # (b, C, F', h, w)
     context = text.encode([p.prompt for p in batch])
-    noised = sde.sft_noising(x0, generator=generator(device, cfg.seed, "sft", step, rank), shift=cfg.sft_shift,
-                             patch_size=dit.cfg.patch_size)
+    noised = sde.sft_noising(x0, generator=generator(device, cfg.seed, "sft", step, rank), shift=cfg.sft_shift, patch_size=dit.cfg.patch_size)
     total = 0.0
     for i in range(0, per_rank, cfg.micro_batch):                       # backward sums: scale by the share
         sl = slice(i, i + cfg.micro_batch)
