@@ -49,7 +49,8 @@ KNOBS = {
 }
 # Named levels (spec puzzles.md 3.1/4.1/5.1 proposals). "easy" is the CPU demo scale: a 7x7 maze
 # (8-16 moves between a random far pair of rooms: ~2,400 distinct layouts, where the two ends of the
-# longest path give only ~200, too few to hold out a test set), a 5x5 flow, a 6x6 room, all of which fit 16-px cells in a 128x128 (maze) or 96x96 frame.
+# longest path give only ~200, too few to hold out a test set), a 5x5 flow, a 6x6 room, all of which
+# fit 16-px cells in a 128x128 (maze) or 96x96 frame.
 LEVELS = {
     "maze": {"easy": dict(rooms=3, min_moves=8), "medium": dict(rooms=5), "hard": dict(rooms=7)},
     "flowfree": {"easy": dict(size=5, colors=4), "medium": dict(size=6, colors=5),

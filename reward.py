@@ -220,17 +220,17 @@ def _maze_visits(labels, start):
     return first
 
 
-def _maze_events(p, labels, first):
+def _maze_events(p, labels, first, n_agents, doubled):
     """Violations of a legal walk as (frame, why), and the agent track [(frame, cell)] from the frames
     that show exactly one agent. Checked: no wall cell visited; the visited set stays 4-connected as it
     grows (a skipped cell is a teleport) and grows by at most allowed_moves cells per frame gap (a jump
     cut); each new cell is within allowed_moves of the agent when it is seen within SIGHTING_WINDOW
     frames (no trail painted away from the agent); the agent's successive cells are joined by a walk
-    over visited cells within allowed_moves; never two agents in two frames."""
+    over visited cells within allowed_moves; never two agents in two frames. n_agents (F,) agents per
+    frame, doubled (F-1,) two or more agents in frames f and f+1 (the caller's gate uses them too)."""
     n_frames = len(labels)
     events = [(int(first[r, c]), f"crossed the wall at ({r}, {c})") for r, c in np.argwhere(p.grid & (first < NEVER))]
-    n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
-    two = np.nonzero((n_agents[:-1] >= 2) & (n_agents[1:] >= 2))[0]        # two agents seen twice in a row
+    two = np.nonzero(doubled)[0]
     if len(two):
         events.append((int(two[0]), f"two agents at frame {two[0]}"))
     track = [(int(f), tuple(int(x) for x in np.argwhere(labels[f] == M_AGENT)[0]))
@@ -299,10 +299,11 @@ def _score_maze(p, g, video):
     if labels is None:
         return _failed(zero, why)
     first = _maze_visits(labels, p.start)
-    events, track = _maze_events(p, labels, first)
     n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
+    doubled = (n_agents[:-1] >= 2) & (n_agents[1:] >= 2)                    # (F-1,) two agents twice in a row
+    events, track = _maze_events(p, labels, first, n_agents, doubled)
     # single-agent gate (spec 7.3): the share of frame pairs not showing two agents twice in a row
-    single = 1.0 - float(((n_agents[:-1] >= 2) & (n_agents[1:] >= 2)).mean()) if len(labels) > 1 else 1.0
+    single = 1.0 - float(doubled.mean()) if len(labels) > 1 else 1.0
 
     cut = min((f for f, _ in events), default=NEVER)
     legal = (first < cut) & ~p.grid
