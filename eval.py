@@ -42,7 +42,7 @@ def evaluate(cfg, dit, vae, text, device, gif_dir=None, n_gifs=4, split=("test",
     n = cfg.eval_n
     batch = T.make_puzzles(cfg, *split, n)
     share = [i for i in range(rank, math.ceil(n / world) * world, world)]    # indices >= n are padding
-    lat = (vae.cfg.z_dim, (cfg.frames - 1) // 4 + 1, cfg.height // 16, cfg.width // 16)
+    lat = T.latent_shape(cfg, vae.cfg.z_dim)                                  # (C, F, h, w)
     rows, saved = [], 0
     for c in range(0, len(share), cfg.micro_batch):
         idx = share[c:c + cfg.micro_batch]

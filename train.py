@@ -300,8 +300,7 @@ def _lora_hook(layer, inputs, out):
     """Forward hook: y = W x + b + (alpha / r) B A x, skipped while the adapter is off (reference policy)."""
     if not layer.lora_on:
         return out
-    x = inputs[0]
-    return out + (x.to(layer.lora_A.dtype) @ layer.lora_A.t() @ layer.lora_B.t()).to(out.dtype) * layer.lora_scale
+    return out + (inputs[0].to(layer.lora_A.dtype) @ layer.lora_A.t() @ layer.lora_B.t()).to(out.dtype) * layer.lora_scale
 
 
 def add_lora(dit, rank, alpha, targets):
@@ -309,7 +308,7 @@ def add_lora(dit, rank, alpha, targets):
     (q,k,v,o = self- and cross-attention; ffn.0,ffn.2 = the MLP) A (r, in) Kaiming-uniform and
     B (out, r) = 0, so training starts from the base model (LoRA, Hu et al. 2021, arXiv 2106.09685).
     The parameters live on the Linear itself (`blocks.3.self_attn.q.lora_A`): the base keys keep their
-    official names and still load with strict=True; the adapter alone is `lora_state_dict`."""
+    official names and still load with strict=True; the adapter alone is the `.lora_` keys."""
     dit.requires_grad_(False)
     names = [t.strip() for t in targets.split(",") if t.strip()]
     n = 0
@@ -397,6 +396,11 @@ def make_puzzles(cfg, split, start, n):
         seed = puzzles.split_seeds(split, 1, start=i // len(doms))[0]
         out.append(puzzles.generate(d, seed, **puzzles.LEVELS[d][cfg.level]))
     return out
+
+
+def latent_shape(cfg, z_dim):
+    """(C, F', H', W') of a cfg.frames x height x width video: frame 0 alone, then VAE strides 4x16x16."""
+    return (z_dim, (cfg.frames - 1) // 4 + 1, cfg.height // 16, cfg.width // 16)
 
 
 def vae_chunks(cfg):
@@ -550,14 +554,13 @@ def rl_rollout(cfg, step, dit, vae, text, device, rank, world):
     image = encode_puzzles(vae, batch, cfg, device, frames=1)           # (P, C, 1, h, w)
     context = text.encode([p.prompt for p in batch])
     mine = list(range(rank, P * G, world))
-    lat_shape = (vae.cfg.z_dim, (cfg.frames - 1) // 4 + 1, cfg.height // 16, cfg.width // 16)
     g = generator(device, cfg.seed, "rl", step, rank)
     timing, trajs, finals = {}, [], []
     t0 = time.time()
     for i in range(0, len(mine), cfg.micro_batch):
         js = mine[i:i + cfg.micro_batch]
         pz = [j // G for j in js]
-        noise = torch.randn((len(js), *lat_shape), generator=g, device=device)
+        noise = torch.randn((len(js), *latent_shape(cfg, vae.cfg.z_dim)), generator=g, device=device)
         with autocast(device):
             x0, traj = sde.sample(dit, noise, [context[k] for k in pz], image_latent=image[pz], num_steps=cfg.num_steps,
                                   shift=cfg.shift, sde_start=cfg.sde_start, sde_steps=cfg.sde_steps,
@@ -799,7 +802,7 @@ def dry_run(cfg):
     n_lora = add_lora(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) and sum(
         p.numel() for n, p in dit.named_parameters() if ".lora_" in n) if cfg.lora_rank else 0
     n_train = n_lora or n_dit
-    lat = (1, vcfg.z_dim, (cfg.frames - 1) // 4 + 1, cfg.height // 16, cfg.width // 16)
+    lat = (1, *latent_shape(cfg, vcfg.z_dim))
     pt, ph, pw = dcfg.patch_size
     tokens = lat[2] // pt * (lat[3] // ph) * (lat[4] // pw)
 
@@ -815,15 +818,12 @@ def dry_run(cfg):
         f_img = flops(lambda: vae.encode(torch.empty(1, 3, 1, cfg.height, cfg.width)))
     n_cfg = 2 if cfg.cfg_scale != 1 else 1
     videos = cfg.puzzles_per_step * cfg.group_size
-    # backward = 2 forwards for full fine-tuning (input and weight gradients), ~1 with LoRA (the frozen
-    # weights need no weight gradient); + 1 forward with gradient checkpointing; + 1 no-grad reference
-    # forward when beta > 0.
+    # backward = 2 forwards for full fine-tuning (input and weight gradients), ~1 with LoRA (no weight gradient
+    # for frozen weights); + 1 forward with gradient checkpointing; + 1 no-grad reference forward if beta > 0.
     per_step_update = f_dit * n_cfg * (1 + (1 if cfg.lora_rank else 2) + cfg.grad_checkpointing + (cfg.beta > 0))
 
-    def iteration(k):
-        rollout = videos * (cfg.num_steps * n_cfg * f_dit + f_dec) + cfg.puzzles_per_step * f_img
-        update = videos * k * per_step_update
-        return rollout, update
+    def iteration(k):                                                       # -> (rollout, update) FLOPs
+        return videos * (cfg.num_steps * n_cfg * f_dit + f_dec) + cfg.puzzles_per_step * f_img, videos * k * per_step_update
     peak = cfg.n_gpus * cfg.gpu_tflops * 1e12 * cfg.mfu
     GB = 1024 ** 3
     # memory per GPU (estimate): FSDP shards fp32 master weights, gradients and AdamW moments of the
@@ -896,7 +896,7 @@ def main(argv=None):
     if is_master():
         out.mkdir(parents=True, exist_ok=True)
     print0("config: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
-    lat = (M.VAE_CONFIGS[cfg.model].z_dim, (cfg.frames - 1) // 4 + 1, cfg.height // 16, cfg.width // 16)
+    lat = latent_shape(cfg, M.VAE_CONFIGS[cfg.model].z_dim)
     tokens = lat[1] * (lat[2] // 2) * (lat[3] // 2)
     print0(f"derived: latent (C, F, H, W) = {lat}, {tokens} tokens per video; SFT {cfg.sft_batch} videos per step "
            f"({cfg.sft_batch // world} per rank); RL {cfg.puzzles_per_step} puzzles x {cfg.group_size} = "
