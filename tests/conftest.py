@@ -1,8 +1,9 @@
-"""Shared pytest fixtures: the project root on sys.path and the ../shared reference folder.
+"""Shared pytest fixtures: the project root on sys.path and the reference fixtures folder.
 
-The reference material (../shared/oracle, ../shared/spec) sits beside the project checkout in the
-development workplace only; a user's fresh clone does not have it, so tests that need it skip with
-a message that says why. Set VIDEORLVR_SHARED to point at another copy.
+tests/fixtures holds tensors computed by the official Wan2.2 code (see tests/fixtures/README.md
+for what each file holds and how to regenerate it); it ships with the repository, so these
+tests run in any clone. Set VIDEORLVR_FIXTURES to check against another copy (for example
+files regenerated at larger sizes).
 """
 import os
 import sys
@@ -14,14 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED = Path(os.environ.get("VIDEORLVR_SHARED", ROOT.parent / "shared"))
+FIXTURES = Path(os.environ.get("VIDEORLVR_FIXTURES", ROOT / "tests" / "fixtures"))
 
 
 @pytest.fixture(scope="session")
 def oracle_dir() -> Path:
-    """../shared/oracle, or skip: the official-implementation reference tensors are not in the repo."""
-    d = SHARED / "oracle"
-    if not d.is_dir():
-        pytest.skip(f"reference tensors not found at {d} (they live beside the development checkout, "
-                    "not in the repository; set VIDEORLVR_SHARED to a copy of shared/ to run these tests)")
-    return d
+    """The folder of official-implementation reference tensors (tests/fixtures)."""
+    if not (FIXTURES / "tiny_dit.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{FIXTURES}: the reference fixtures are missing (they ship in tests/fixtures; "
+            "regenerate them with tests/fixtures/make_fixtures.py)"
+        )
+    return FIXTURES

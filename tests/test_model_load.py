@@ -16,7 +16,7 @@ from model import (DIT_TO_DIFFUSERS, T5_TO_HF, VAE_TO_DIFFUSERS, DiTConfig, T5Co
                    rename_key)
 
 TOL = 1e-5
-TINY_VAE = VAEConfig(dim=16, dec_dim=16, z_dim=48)          # ../shared/oracle/tiny_vae_config.json
+TINY_VAE = VAEConfig(dim=4, dec_dim=4, z_dim=48)            # tests/fixtures/tiny_vae_config.json
 
 
 def tiny_configs(oracle):
@@ -129,7 +129,7 @@ def test_diffusers_layout(tmp_path, oracle_dir, shards):
     # the diffusers transformer config has no text_len (the pipeline's max_sequence_length): 512
     assert load_pretrained(root)[0].cfg == DiTConfig(**{**dit_cfg.__dict__, "text_len": 512})
     dit, vae, text = load_pretrained(root, text_dtype=torch.float32, dit_cfg=dit_cfg)
-    assert text.model.cfg == t5_cfg and vae.cfg.dec_dim == 16       # VAE and T5 configs read from the folder
+    assert text.model.cfg == t5_cfg and vae.cfg.dec_dim == 4       # VAE and T5 configs read from the folder
     check_against_oracle(oracle_dir, dit, vae, text)
 
 
@@ -148,7 +148,7 @@ def test_dtype_casting(native, oracle_dir):
     assert all(p.dtype == torch.bfloat16 for p in text.model.parameters())
     x = torch.randn(1, 48, 1, 4, 4)
     with torch.no_grad():
-        assert dit(x, torch.tensor([500.0]), [torch.randn(3, 64)]).dtype == torch.float32   # bf16 weights run
+        assert dit(x, torch.tensor([500.0]), [torch.randn(3, 32)]).dtype == torch.float32   # bf16 weights run
         assert text.encode(["maze"])[0].dtype == torch.bfloat16
     ref = torch.load(oracle_dir / "tiny_t5.pth", weights_only=True)
     assert all(torch.equal(v, ref[k].bfloat16()) for k, v in text.model.state_dict().items())
@@ -224,7 +224,7 @@ def test_missing_pieces_are_named(native, tmp_path, oracle_dir):
     save_tokenizer(root / "google" / "umt5-xxl" / "tokenizer.json")
     with pytest.raises(FileNotFoundError, match="models_t5_umt5-xxl-enc-bf16.pth: weights file not found"):
         load_pretrained(root, vae_cfg=TINY_VAE, t5_cfg=t5_cfg)
-    first = r"encoder.conv1.weight: expected \[160, 12, 3, 3, 3\], found \[16, 12, 3, 3, 3\]"
+    first = r"encoder.conv1.weight: expected \[160, 12, 3, 3, 3\], found \[4, 12, 3, 3, 3\]"
     with pytest.raises(ValueError, match=r"(?s)misshaped keys \(190\):\n  " + first):
         load_pretrained(root, t5_cfg=t5_cfg)                # the 5B VAE config against tiny weights
 
