@@ -936,10 +936,110 @@ def _safetensors_files(folder, stem):
 
 
 def _read_json(path):
+    """The parsed JSON file at `path`, or a ValueError that names the file."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read the config ({e})") from e
+
+
+def _require(path, config, key, expected, default=None):
+    """Raise a ValueError naming `path` and `key` when config[key] (or `default` if it is absent)
+    differs from `expected`: a setting this port does not implement must not load silently."""
+    found = config.get(key, default)
+    if isinstance(found, list):
+        found = tuple(found)
+    if found != expected:
+        raise ValueError(f"{path}: {key} = {found!r}, but this port implements only {expected!r}")
+
+
+# The structure WanTransformer3DModel must have to be the Wan2.2 TI2V DiT (diffusers
+# src/diffusers/models/transformers/transformer_wan.py WanTransformer3DModel.__init__ arguments;
+# absent keys take diffusers' defaults, listed second)
+DIFFUSERS_DIT_FIXED = {
+    "qk_norm": ("rms_norm_across_heads", "rms_norm_across_heads"),
+    "cross_attn_norm": (True, True),
+    "image_dim": (None, None),
+    "added_kv_proj_dim": (None, None),
+    "pos_embed_seq_len": (None, None),
+}
+# The umT5 settings T5Encoder hard-codes (transformers models/umt5/configuration_umt5.py names;
+# the umt5_xxl() values of Wan-Video/Wan2.2 wan/modules/t5.py @42bf4cfa: max distance 128,
+# norm eps 1e-6, gated GELU-tanh FFN)
+HF_UMT5_FIXED = {
+    "relative_attention_max_distance": (128, 128),
+    "layer_norm_epsilon": (1e-6, 1e-6),
+    "feed_forward_proj": ("gated-gelu", "gated-gelu"),
+}
+
+
+def dit_config_from_diffusers(path):
+    """transformer/config.json of a -Diffusers folder -> DiTConfig.
+
+    diffusers keeps no text_len (the pipeline's max_sequence_length, 512 by default);
+    export_diffusers writes ours as "_text_len", a private key diffusers' ConfigMixin skips.
+    """
+    c = _read_json(path)
+    for key, (expected, default) in DIFFUSERS_DIT_FIXED.items():
+        _require(path, c, key, expected, default)
+    return DiTConfig(dim=c["num_attention_heads"] * c["attention_head_dim"],
+                     ffn_dim=c["ffn_dim"],
+                     freq_dim=c["freq_dim"],
+                     num_heads=c["num_attention_heads"],
+                     num_layers=c["num_layers"],
+                     in_dim=c["in_channels"],
+                     out_dim=c["out_channels"],
+                     text_len=c.get("_text_len", 512),
+                     text_dim=c["text_dim"],
+                     patch_size=tuple(c["patch_size"]),
+                     eps=c["eps"])
+
+
+def vae_config_from_diffusers(path):
+    """vae/config.json of a -Diffusers folder -> (VAEConfig, (latents_mean, latents_std) or None).
+
+    "decoder_base_dim": null (or absent) means the decoder has the encoder's width, as in
+    diffusers' AutoencoderKLWan.__init__ (models/autoencoders/autoencoder_kl_wan.py).
+    """
+    c = _read_json(path)
+    if not c.get("is_residual", False):
+        raise ValueError(f"{path}: not the Wan2.2 VAE (is_residual is not true)")
+    _require(path, c, "patch_size", 2)
+    _require(path, c, "in_channels", 12, 3)
+    _require(path, c, "attn_scales", (), ())
+    dec_dim = c.get("decoder_base_dim")
+    cfg = VAEConfig(dim=c["base_dim"],
+                    dec_dim=c["base_dim"] if dec_dim is None else dec_dim,
+                    z_dim=c["z_dim"],
+                    dim_mult=tuple(c["dim_mult"]),
+                    num_res_blocks=c["num_res_blocks"],
+                    temperal_downsample=tuple(c["temperal_downsample"]))
+    stats = (c["latents_mean"], c["latents_std"]) if "latents_mean" in c else None
+    return cfg, stats
+
+
+def t5_config_from_hf(path):
+    """text_encoder/config.json (transformers UMT5Config) -> T5Config; settings T5Encoder does
+    not implement raise a ValueError naming the key."""
+    c = _read_json(path)
+    for key, (expected, default) in HF_UMT5_FIXED.items():
+        _require(path, c, key, expected, default)
+    return T5Config(vocab=c["vocab_size"],
+                    dim=c["d_model"],
+                    dim_attn=c["d_kv"] * c["num_heads"],
+                    dim_ffn=c["d_ff"],
+                    num_heads=c["num_heads"],
+                    num_layers=c["num_layers"],
+                    num_buckets=c["relative_attention_num_buckets"])
+
+
+def _native_dit_config(d):
+    """The native release's config.json (official WanModel argument names) -> DiTConfig; fields
+    it lacks keep the 5B values."""
+    c = _read_json(d / "config.json")
+    cfg = DiTConfig(**{f.name: c[f.name] for f in fields(DiTConfig) if f.name in c})
+    cfg.patch_size = tuple(cfg.patch_size)
+    return cfg
 
 
 def load_pretrained(ckpt_dir, dtype=torch.float32, device="cpu", text_dtype=torch.bfloat16,
@@ -954,42 +1054,34 @@ def load_pretrained(ckpt_dir, dtype=torch.float32, device="cpu", text_dtype=torc
     """
     d = Path(ckpt_dir)
     diffusers = (d / "model_index.json").is_file() or (d / "transformer").is_dir()
-    if not diffusers and not ((d / "config.json").is_file() or list(d.glob(f"{NATIVE_DIT}*.safetensors*"))):
+    native = (d / "config.json").is_file() or list(d.glob(f"{NATIVE_DIT}*.safetensors*"))
+    if not diffusers and not native:
         raise FileNotFoundError(
-            f"{d} is not a Wan2.2-TI2V-5B checkpoint folder: looked for the native layout (config.json, "
-            f"{NATIVE_DIT}.safetensors[.index.json], {NATIVE_VAE}, {NATIVE_T5}, {NATIVE_TOKENIZER}) and "
-            f"for the -Diffusers layout (model_index.json, transformer/, vae/, text_encoder/, tokenizer/)")
+            f"{d} is not a Wan2.2-TI2V-5B checkpoint folder: looked for the native layout "
+            f"(config.json, {NATIVE_DIT}.safetensors[.index.json], {NATIVE_VAE}, {NATIVE_T5}, "
+            f"{NATIVE_TOKENIZER}) and for the -Diffusers layout (model_index.json, "
+            f"transformer/, vae/, text_encoder/, tokenizer/)")
     stats = None
     if diffusers:
-        c = _read_json(d / "transformer" / "config.json")
-        dit_cfg = dit_cfg or DiTConfig(
-            dim=c["num_attention_heads"] * c["attention_head_dim"], ffn_dim=c["ffn_dim"], freq_dim=c["freq_dim"],
-            num_heads=c["num_attention_heads"], num_layers=c["num_layers"], in_dim=c["in_channels"],
-            out_dim=c["out_channels"], text_dim=c["text_dim"], patch_size=tuple(c["patch_size"]), eps=c["eps"])
-        c = _read_json(d / "vae" / "config.json")
-        if not c.get("is_residual", False):
-            raise ValueError(f"{d / 'vae' / 'config.json'}: not the Wan2.2 VAE (is_residual is not true)")
-        vae_cfg = vae_cfg or VAEConfig(dim=c["base_dim"], dec_dim=c["decoder_base_dim"], z_dim=c["z_dim"],
-                                       dim_mult=tuple(c["dim_mult"]), num_res_blocks=c["num_res_blocks"],
-                                       temperal_downsample=tuple(c["temperal_downsample"]))
-        stats = (c["latents_mean"], c["latents_std"]) if "latents_mean" in c else None
-        c = _read_json(d / "text_encoder" / "config.json")
-        t5_cfg = t5_cfg or T5Config(vocab=c["vocab_size"], dim=c["d_model"], dim_attn=c["d_kv"] * c["num_heads"],
-                                    dim_ffn=c["d_ff"], num_heads=c["num_heads"], num_layers=c["num_layers"],
-                                    num_buckets=c["relative_attention_num_buckets"])
-        files = (_safetensors_files(d / "transformer", NATIVE_DIT), _safetensors_files(d / "vae", NATIVE_DIT),
+        dit_cfg = dit_cfg or dit_config_from_diffusers(d / "transformer" / "config.json")
+        found_vae_cfg, stats = vae_config_from_diffusers(d / "vae" / "config.json")
+        vae_cfg = vae_cfg or found_vae_cfg
+        t5_cfg = t5_cfg or t5_config_from_hf(d / "text_encoder" / "config.json")
+        files = (_safetensors_files(d / "transformer", NATIVE_DIT),
+                 _safetensors_files(d / "vae", NATIVE_DIT),
                  _safetensors_files(d / "text_encoder", "model"))
-        rules, tokenizer = (DIT_TO_DIFFUSERS, VAE_TO_DIFFUSERS, T5_TO_HF), d / "tokenizer" / "tokenizer.json"
+        rules = (DIT_TO_DIFFUSERS, VAE_TO_DIFFUSERS, T5_TO_HF)
+        tokenizer = d / "tokenizer" / "tokenizer.json"
     else:
-        if dit_cfg is None:
-            c = _read_json(d / "config.json")
-            dit_cfg = DiTConfig(**{f.name: c[f.name] for f in fields(DiTConfig) if f.name in c})
-            dit_cfg.patch_size = tuple(dit_cfg.patch_size)
-        vae_cfg, t5_cfg = vae_cfg or VAE_CONFIGS["5b"], t5_cfg or T5_CONFIGS["5b"]   # the release has no config
+        dit_cfg = dit_cfg or _native_dit_config(d)
+        vae_cfg = vae_cfg or VAE_CONFIGS["5b"]            # the native release ships no VAE config
+        t5_cfg = t5_cfg or T5_CONFIGS["5b"]               # nor a umT5 one
         files = (_safetensors_files(d, NATIVE_DIT), [d / NATIVE_VAE], [d / NATIVE_T5])
-        rules, tokenizer = ([], [], []), d / NATIVE_TOKENIZER
+        rules = ([], [], [])
+        tokenizer = d / NATIVE_TOKENIZER
     if not tokenizer.is_file():
-        raise FileNotFoundError(f"{tokenizer}: tokenizer not found (the umT5 tokenizer.json of the release)")
+        raise FileNotFoundError(
+            f"{tokenizer}: tokenizer not found (the umT5 tokenizer.json of the release)")
     with torch.device("meta"):
         dit, vae, t5 = WanModel(dit_cfg), WanVAE(vae_cfg), T5Encoder(t5_cfg)
     if stats:
@@ -998,3 +1090,77 @@ def load_pretrained(ckpt_dir, dtype=torch.float32, device="cpu", text_dtype=torc
     load_weights(vae, files[1], rules[1], dtype=torch.float32, device=device)
     load_weights(t5, files[2], rules[2], aliases=T5_HF_ALIASES, dtype=text_dtype, device=device)
     return dit, vae, TextEncoder(t5.eval(), dit_cfg.text_len, tokenizer_file=tokenizer)
+
+
+# -----------------------------------------------------------------------------
+# export: our weights in the -Diffusers layout, for diffusers' WanPipeline
+
+def _write_component(folder, config, state, rules, stem):
+    """config.json and stem.safetensors (keys renamed by `rules`) into `folder`."""
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    renamed = {rename_key(k, rules): v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(renamed, str(folder / f"{stem}.safetensors"))
+
+
+def export_diffusers(folder, dit, vae=None):
+    """Write `dit` (and `vae` if given) in the Wan2.2-TI2V-5B-Diffusers layout.
+
+    folder/transformer/ loads with diffusers' WanTransformer3DModel.from_pretrained and
+    folder/vae/ with AutoencoderKLWan.from_pretrained (config keys of their __init__ in
+    src/diffusers/models/transformers/transformer_wan.py and
+    src/diffusers/models/autoencoders/autoencoder_kl_wan.py). Weights keep their dtype (load
+    with torch_dtype=... to change it). The text encoder, tokenizer and scheduler are the
+    released ones (we never train them): copy text_encoder/, tokenizer/, scheduler/ and
+    model_index.json from the base release to make a complete pipeline folder. Our text_len is
+    kept as "_text_len" (ignored by diffusers; pass it as the pipeline's max_sequence_length).
+    """
+    folder = Path(folder)
+    cfg = dit.cfg
+    dit_config = {
+        "_class_name": "WanTransformer3DModel",
+        "_text_len": cfg.text_len,
+        "patch_size": list(cfg.patch_size),
+        "num_attention_heads": cfg.num_heads,
+        "attention_head_dim": cfg.dim // cfg.num_heads,
+        "in_channels": cfg.in_dim,
+        "out_channels": cfg.out_dim,
+        "text_dim": cfg.text_dim,
+        "freq_dim": cfg.freq_dim,
+        "ffn_dim": cfg.ffn_dim,
+        "num_layers": cfg.num_layers,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": cfg.eps,
+        "image_dim": None,
+        "added_kv_proj_dim": None,
+        "rope_max_seq_len": 1024,
+        "pos_embed_seq_len": None,
+    }
+    _write_component(folder / "transformer", dit_config, dit.state_dict(), DIT_TO_DIFFUSERS,
+                     NATIVE_DIT)
+    if vae is None:
+        return folder
+    v = vae.cfg
+    vae_config = {
+        "_class_name": "AutoencoderKLWan",
+        "base_dim": v.dim,
+        "decoder_base_dim": v.dec_dim,
+        "z_dim": v.z_dim,
+        "dim_mult": list(v.dim_mult),
+        "num_res_blocks": v.num_res_blocks,
+        "attn_scales": [],
+        "temperal_downsample": list(v.temperal_downsample),
+        "dropout": 0.0,
+        "latents_mean": list(vae.latent_mean),
+        "latents_std": list(vae.latent_std),
+        "is_residual": True,
+        "in_channels": 12,
+        "out_channels": 12,
+        "patch_size": 2,
+        "scale_factor_temporal": 4,
+        "scale_factor_spatial": 16,
+    }
+    _write_component(folder / "vae", vae_config, vae.state_dict(), VAE_TO_DIFFUSERS, NATIVE_DIT)
+    return folder

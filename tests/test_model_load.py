@@ -84,7 +84,7 @@ def write_diffusers(root, oracle, shards):
     vae = renamed(torch.load(oracle / "tiny_vae.pth", weights_only=True), oracle, "wan22_vae_native_to_diffusers.json")
     save_sharded(vae, root / "vae", "diffusion_pytorch_model", 1)
     (root / "vae" / "config.json").write_text(json.dumps(dict(
-        base_dim=vae_json["dim"], decoder_base_dim=vae_json["dec_dim"], z_dim=48, is_residual=True, in_channels=12,
+        base_dim=vae_json["dim"], decoder_base_dim=vae_json["dec_dim"], z_dim=48, is_residual=True, in_channels=12, patch_size=2,
         dim_mult=vae_json["dim_mult"], num_res_blocks=2, temperal_downsample=vae_json["temperal_downsample"],
         latents_mean=vae_ref["latents_mean"].tolist(), latents_std=vae_ref["latents_std"].tolist())))
     text = renamed(torch.load(oracle / "tiny_t5.pth", weights_only=True), oracle, "wan22_t5_native_to_hf_umt5.json")
@@ -243,3 +243,49 @@ def test_rename_rules_reproduce_the_release_key_maps(oracle_dir):
                         (T5_TO_HF, "wan22_t5_native_to_hf_umt5.json")):
         m = json.loads((oracle_dir / name).read_text())["map"]
         assert {k: rename_key(k, rules) for k in m} == m, name
+
+
+def edit_config(path, **changes):
+    """Rewrite the JSON at `path` with `changes` (None values are written as null)."""
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_diffusers_vae_decoder_base_dim_null_means_base_dim(tmp_path, oracle_dir):
+    # diffusers' AutoencoderKLWan default, written by save_pretrained: the decoder width = base_dim
+    root = write_diffusers(tmp_path / "diffusers", oracle_dir, shards=1)
+    edit_config(root / "vae" / "config.json", decoder_base_dim=None)
+    _, dit_cfg, _, _ = tiny_configs(oracle_dir)
+    dit, vae, text = load_pretrained(root, text_dtype=torch.float32, dit_cfg=dit_cfg)
+    assert vae.cfg.dec_dim == vae.cfg.dim == 4
+    check_against_oracle(oracle_dir, dit, vae, text)
+    edit_config(root / "vae" / "config.json", decoder_base_dim=8)      # a real difference is kept
+    with pytest.raises(ValueError, match=r"decoder\.conv1\.weight: expected \[32, 48, 3, 3, 3\]"):
+        load_pretrained(root, dit_cfg=dit_cfg)
+
+
+@pytest.mark.parametrize("component, key, value", [
+    ("text_encoder", "relative_attention_max_distance", 64),
+    ("text_encoder", "layer_norm_epsilon", 1e-5),
+    ("text_encoder", "feed_forward_proj", "relu"),
+    ("transformer", "qk_norm", "rms_norm"),
+    ("transformer", "cross_attn_norm", False),
+    ("transformer", "image_dim", 1280),
+    ("vae", "patch_size", None),
+])
+def test_diffusers_settings_we_do_not_implement_are_refused(tmp_path, oracle_dir, component, key,
+                                                           value):
+    root = write_diffusers(tmp_path / "diffusers", oracle_dir, shards=1)
+    config = root / component / "config.json"
+    edit_config(config, **{key: value})
+    with pytest.raises(ValueError, match=f"{config}: {key} = "):
+        load_pretrained(root)
+
+
+def test_diffusers_settings_at_their_defaults_load(tmp_path, oracle_dir):
+    # the values transformers / diffusers write for Wan2.2-TI2V-5B are accepted explicitly too
+    root = write_diffusers(tmp_path / "diffusers", oracle_dir, shards=1)
+    edit_config(root / "text_encoder" / "config.json", relative_attention_max_distance=128,
+                layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu")
+    edit_config(root / "transformer" / "config.json", image_dim=None, added_kv_proj_dim=None)
+    _, dit_cfg, _, _ = tiny_configs(oracle_dir)
+    check_against_oracle(oracle_dir, *load_pretrained(root, text_dtype=torch.float32, dit_cfg=dit_cfg))
