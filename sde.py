@@ -214,13 +214,23 @@ def ode_step(x, v, sigma, sigma_next):
     return x + dt * v
 
 
-SDE_TYPES = ("sde", "cps", "dance")
+SDE_TYPES = ("sde", "cps", "dance", "wan")
+
+
+def wan_sigma_max(num_steps, shift=5.0):
+    """Flow-GRPO's Wan noise amplitude for a grid: sigma_max = sigmas[1], the grid's second value.
+
+    This is the `noise_level` that makes sde_type="wan" reproduce Flow-GRPO's Wan step exactly
+    (yifan123/flow_grpo flow_grpo/diffusers_patch/wan_pipeline_with_logprob.py,
+    sde_step_with_logprob: sigma_max = self.sigmas[1]): 0.990 for N = 20 at shift 5.
+    """
+    return float(sigma_grid(num_steps, shift)[1])
 
 
 def sde_step(x, v, sigma, sigma_next, noise_level=0.7, *, sde_type="sde", x_next=None, generator=None, mask=None):
     """One stochastic denoising step x -> x_next ~ N(mean, std^2 I) and its log-probability.
 
-    dt = sigma_next - sigma < 0. Three noise schedules, chosen by sde_type:
+    dt = sigma_next - sigma < 0. Four noise schedules, chosen by sde_type:
 
     "sde" (Flow-GRPO; sd3_sde_with_logprob.py sde_type='sde', arXiv:2505.05470). The reverse SDE
         dx = [v + sigma_t^2 / (2 sigma) * (x + (1 - sigma) v)] dsigma + sigma_t dw
@@ -232,6 +242,18 @@ def sde_step(x, v, sigma, sigma_next, noise_level=0.7, *, sde_type="sde", x_next
         value; at step 0 that is sigma_next, so here: sigma_t = a sqrt(1 / (1 - sigma_next)) and std = a.
     "dance" (DanceGRPO flux_step with sde_solver=True; MixGRPO dance_grpo_step): the same drift with a
         constant sigma_t = eta = noise_level (typ. 0.3): std = eta * sqrt(-dt).
+    "wan" (Flow-GRPO's Wan pipeline: yifan123/flow_grpo
+        flow_grpo/diffusers_patch/wan_pipeline_with_logprob.py::sde_step_with_logprob, imported by
+        scripts/train_wan2_1.py; read at the fork zhtmike/flow_grpo @def7b840, as the fetched
+        upstream snapshot @ac4c86e predates the Wan files): the same drift and Euler-Maruyama step
+        as "sde", with a noise scale linear in sigma,
+            sigma_t = sigma_min + (sigma_max - sigma_min) * sigma,
+        sigma_max = sigmas[1] and sigma_min = sigmas[-1] of the sampling grid. Our grids end at
+        sigma_N = 0 (as diffusers' UniPC scheduler with final_sigmas_type="zero" there), so
+        sigma_t = a * sigma with a = noise_level = sigma_max: `wan_sigma_max(N, shift)` (0.990
+        at N = 20, shift 5) reproduces Flow-GRPO, which has no other knob. Per step
+        std = a sigma sqrt(-dt): 0.10-0.14 on the first ten of 20 steps at shift 5, where "sde"
+        with a = 0.7 gives 0.28-0.73. No sigma = 1 guard is needed (sigma only divides).
     "cps" (Coefficients-Preserving Sampling, arXiv:2509.05952; flow_grpo sde_type='cps'):
         std  = sigma_next * sin(a pi / 2)       (a = noise_level, typ. 0.8)
         mean = x0_hat (1 - sigma_next) + eps_hat sqrt(sigma_next^2 - std^2)
@@ -281,6 +303,8 @@ def sde_step(x, v, sigma, sigma_next, noise_level=0.7, *, sde_type="sde", x_next
         if sde_type == "sde":
             s_den = torch.where(s == 1, s_next, s)        # flow_grpo's sigma_max guard at sigma = 1
             sigma_t = noise_level * torch.sqrt(s / (1 - s_den))
+        elif sde_type == "wan":
+            sigma_t = noise_level * s                     # sigma_min + (sigma_max - sigma_min) sigma
         else:
             sigma_t = torch.full_like(s, noise_level)
         mean = x + dt * (v + sigma_t ** 2 / (2 * s) * (x + (1 - s) * v))
