@@ -1,7 +1,7 @@
 """WanModel (the Wan2.2 DiT) against the official implementation's outputs, plus its contracts.
 
 python -m pytest tests/test_model_dit.py -q
-The reference tensors (../shared/oracle, wan22.md section 9) were computed by the official
+The reference tensors (tests/fixtures, see its README.md) were computed by the official
 wan/modules/model.py in float32 on CPU; every output and activation must match to 1e-5.
 """
 import json
@@ -95,7 +95,7 @@ def meta_5b():
 
 
 def test_full_size_param_count_and_structure_on_meta(meta_5b):
-    assert sum(p.numel() for p in meta_5b.parameters()) == 4_999_787_712          # wan22.md 3.2
+    assert sum(p.numel() for p in meta_5b.parameters()) == 4_999_787_712   # the official WanModel (fixture)
     assert isinstance(meta_5b.blocks, torch.nn.ModuleList) and len(meta_5b.blocks) == 30
     assert type(meta_5b.blocks[0].self_attn.q) is torch.nn.Linear and type(meta_5b.blocks[0].ffn[2]) is torch.nn.Linear
 

@@ -3,7 +3,7 @@
 python -m pytest tests/test_model_load.py -q
 Native = Wan-AI/Wan2.2-TI2V-5B (config.json, diffusion_pytorch_model*.safetensors, Wan2.2_VAE.pth,
 models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/tokenizer.json); -Diffusers = transformer/, vae/,
-text_encoder/, tokenizer/ with the key names of ../shared/oracle/*native_to_*.json (wan22.md 1, 7).
+text_encoder/, tokenizer/ with the key names of tests/fixtures/*native_to_*.json.
 """
 import json
 import shutil

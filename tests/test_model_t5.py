@@ -42,7 +42,7 @@ def test_relative_position_buckets(oracle):
 def test_full_size_keys_and_shapes_on_meta(request):
     with torch.device("meta"):
         model = T5Encoder(T5_CONFIGS["5b"])
-    # wan22.md 5.2
+    # the official umt5_xxl(encoder_only=True): tests/fixtures/wan22_t5_umt5xxl_enc_shapes.json
     assert sum(p.numel() for p in model.parameters()) == 5_680_910_336 and len(model.state_dict()) == 242
     ref = json.loads((request.getfixturevalue("oracle_dir") / "wan22_t5_umt5xxl_enc_shapes.json").read_text())
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == ref["shapes"]

@@ -1,7 +1,7 @@
 """WanVAE (the Wan2.2 VAE) against the official outputs, streaming, causality, frame rule, training.
 
 python -m pytest tests/test_model_vae.py -q
-The reference tensors (../shared/oracle, wan22.md section 9) were computed by the official streaming
+The reference tensors (tests/fixtures, see its README.md) were computed by the official streaming
 code of wan/modules/vae2_2.py in float32; ours must match to 1e-5.
 """
 import json
@@ -61,7 +61,7 @@ def test_oracle_raw_mean_and_random_latent(oracle):
 def test_full_size_keys_and_shapes_on_meta(request):
     with torch.device("meta"):
         vae = WanVAE(VAE_CONFIGS["5b"])
-    assert sum(p.numel() for p in vae.parameters()) == 704_688_668 and len(vae.state_dict()) == 196   # wan22.md 4.6
+    assert sum(p.numel() for p in vae.parameters()) == 704_688_668 and len(vae.state_dict()) == 196
     ref = json.loads((request.getfixturevalue("oracle_dir") / "wan22_vae_shapes.json").read_text())
     assert {k: list(v.shape) for k, v in vae.state_dict().items()} == ref["shapes"]
 

@@ -50,7 +50,7 @@ def test_sigma_grid_shift_and_ends():
         assert (s[1:] < s[:-1]).all()
         u = 1 - torch.arange(n + 1, dtype=torch.float64) / n
         torch.testing.assert_close(s.double(), shift * u / (1 + (shift - 1) * u), rtol=0, atol=1e-7)
-    # rl.md 2.6 table: N = 20, shift 5 -> sigma_1 = 0.990, sigma_10 = 0.833, sigma_19 = 0.208
+    # N = 20, shift 5 -> sigma_1 = 0.990, sigma_10 = 0.833, sigma_19 = 0.208 (shift_5(1 - i/20))
     s = sde.sigma_grid(20, 5.0)
     assert [round(s[i].item(), 3) for i in (1, 10, 19)] == [0.99, 0.833, 0.208]
 
@@ -62,7 +62,7 @@ def test_unipc_grid_matches_official(oracle_dir):
         sigmas, timesteps = sde.unipc_grid(n, 5.0)
         assert torch.equal(timesteps, ref[f"s{n}.timesteps"])
         assert torch.equal(sigmas, ref[f"s{n}.sigmas"])
-    assert sde.unipc_grid(50, 5.0)[1][:3].tolist() == [999, 995, 991]   # wan22.md 6.4
+    assert sde.unipc_grid(50, 5.0)[1][:3].tolist() == [999, 995, 991]   # Wan2.2 fm_solvers_unipc.py
 
 
 def test_token_timesteps_frame0_and_order():
@@ -132,7 +132,7 @@ def test_sde_step_noise_zero_is_ode(sde_type):
 
 
 def test_sde_step_formulas():
-    """mean/std against the rl.md section 2 formulas written out independently."""
+    """mean/std against the Flow-GRPO, DanceGRPO and CPS formulas written out independently."""
     x, v = torch.randn(3, 2, 2, 2, 2), torch.randn(3, 2, 2, 2, 2)
     s, sn, a = 0.7, 0.6, 0.7
     sig_t = a * math.sqrt(s / (1 - s))
@@ -180,7 +180,7 @@ def test_sde_step_sigma_one_uses_next_grid_value():
     x_next, log_prob, mean, std = sde.sde_step(x, v, s[0], s[1], 0.7, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x_next).all() and torch.isfinite(log_prob).all() and torch.isfinite(mean).all()
     assert std.item() == pytest.approx(0.7, rel=1e-5)
-    assert sde.sde_step(x, v, s[1], s[2], 0.7)[3].item() == pytest.approx(0.726, abs=1e-3)   # rl.md 2.6
+    assert sde.sde_step(x, v, s[1], s[2], 0.7)[3].item() == pytest.approx(0.726, abs=1e-3)   # a sqrt(s1/(1-s1)) sqrt(s1-s2)
 
 
 def test_log_prob_matches_normal_and_ignores_frame0():
