@@ -4,6 +4,7 @@ python -m pytest tests/test_model_dit.py -q
 The reference tensors (tests/fixtures, see its README.md) were computed by the official
 wan/modules/model.py in float32 on CPU; every output and activation must match to 1e-5.
 """
+
 import json
 
 import pytest
@@ -17,8 +18,13 @@ TOL = 1e-5
 
 def oracle_config(oracle_dir):
     c = json.loads((oracle_dir / "tiny_dit_config.json").read_text())
-    return DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()
-                        if k in DiTConfig.__dataclass_fields__})
+    return DiTConfig(
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in c.items()
+            if k in DiTConfig.__dataclass_fields__
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +41,16 @@ def maxdiff(a, b):
 def test_oracle_i2v_output_and_activations(oracle):
     model, ref = oracle
     acts = {}
-    hooks = [model.patch_embedding.register_forward_hook(lambda m, i, o: acts.__setitem__("patch_embedding", o)),
-             model.head.register_forward_hook(lambda m, i, o: acts.__setitem__("head", o))]
-    hooks += [b.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(f"blocks.{n}", o))
-              for n, b in enumerate(model.blocks)]
+    hooks = [
+        model.patch_embedding.register_forward_hook(
+            lambda m, i, o: acts.__setitem__("patch_embedding", o)
+        ),
+        model.head.register_forward_hook(lambda m, i, o: acts.__setitem__("head", o)),
+    ]
+    hooks += [
+        b.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(f"blocks.{n}", o))
+        for n, b in enumerate(model.blocks)
+    ]
     with torch.no_grad():
         out = model(ref["i2v.x"][None], ref["i2v.t"], [ref["i2v.context"]], int(ref["i2v.seq_len"]))
         e, e0 = model.time_embed(ref["i2v.t"])
@@ -47,7 +59,15 @@ def test_oracle_i2v_output_and_activations(oracle):
     for h in hooks:
         h.remove()
     assert out.shape == (1, 48, 3, 6, 8) and out.dtype == torch.float32
-    names = ("patch_embedding", "time_embedding", "time_projection", "text_embedding", "blocks.0", "blocks.1", "head")
+    names = (
+        "patch_embedding",
+        "time_embedding",
+        "time_projection",
+        "text_embedding",
+        "blocks.0",
+        "blocks.1",
+        "head",
+    )
     for name in names:
         assert acts[name].shape == ref[f"i2v.act.{name}"].shape, name
         assert maxdiff(acts[name], ref[f"i2v.act.{name}"]) < TOL, name
@@ -68,7 +88,7 @@ def test_oracle_batch2_padded_tokens_and_contexts(oracle):
     x = torch.stack([ref["batch2.x0"], ref["batch2.x1"]])
     ctx = [ref["batch2.context0"], ref["batch2.context1"]]
     with torch.no_grad():
-        out = model(x, ref["batch2.t"], ctx, seq_len=int(ref["batch2.seq_len"]))          # S = 40 > L = 36
+        out = model(x, ref["batch2.t"], ctx, seq_len=int(ref["batch2.seq_len"]))  # S = 40 > L = 36
         # the same contexts as one zero-padded tensor, t given for the 36 real tokens only
         padded = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, 32 - len(c))) for c in ctx])
         out_tensor_ctx = model(x, ref["batch2.t"][:, :36], padded)
@@ -79,11 +99,14 @@ def test_oracle_batch2_padded_tokens_and_contexts(oracle):
 
 def test_position_encodings_match_reference(oracle):
     _, ref = oracle
-    # the first 64 rows of the official (1024, 64) table: frame pairs 0:22, height 22:43, width 43:64
+    # the first 64 rows of the official (1024, 64) table: frame pairs 0:22, height 22:43,
+    # width 43:64
     grids = ((64, 1, 1), (1, 64, 1), (1, 1, 64))
     parts = [rope_cos_sin(grid, 128, 64, "cpu") for grid in grids]
     spans = ((0, 22), (22, 43), (43, 64))
-    table = torch.cat([torch.stack([cos, sin], -1)[:, a:b] for (cos, sin), (a, b) in zip(parts, spans)], 1)
+    table = torch.cat(
+        [torch.stack([cos, sin], -1)[:, a:b] for (cos, sin), (a, b) in zip(parts, spans)], 1
+    )
     assert maxdiff(table, ref["rope.freqs_real"]) < 1e-12
     assert maxdiff(sinusoidal_embedding(ref["sinusoidal.t"], 256), ref["sinusoidal.emb"]) < 1e-12
 
@@ -95,9 +118,14 @@ def meta_5b():
 
 
 def test_full_size_param_count_and_structure_on_meta(meta_5b):
-    assert sum(p.numel() for p in meta_5b.parameters()) == 4_999_787_712   # the official WanModel (fixture)
+    assert (
+        sum(p.numel() for p in meta_5b.parameters()) == 4_999_787_712
+    )  # the official WanModel (fixture)
     assert isinstance(meta_5b.blocks, torch.nn.ModuleList) and len(meta_5b.blocks) == 30
-    assert type(meta_5b.blocks[0].self_attn.q) is torch.nn.Linear and type(meta_5b.blocks[0].ffn[2]) is torch.nn.Linear
+    assert (
+        type(meta_5b.blocks[0].self_attn.q) is torch.nn.Linear
+        and type(meta_5b.blocks[0].ffn[2]) is torch.nn.Linear
+    )
 
 
 def test_full_size_keys_and_shapes_on_meta(meta_5b, oracle_dir):
@@ -107,8 +135,22 @@ def test_full_size_keys_and_shapes_on_meta(meta_5b, oracle_dir):
 
 
 def small_cfg(**kw):
-    return DiTConfig(**{**dict(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_len=8,
-                               text_dim=16, freq_dim=32), **kw})
+    return DiTConfig(
+        **{
+            **dict(
+                dim=64,
+                ffn_dim=96,
+                num_heads=2,
+                num_layers=2,
+                in_dim=4,
+                out_dim=4,
+                text_len=8,
+                text_dim=16,
+                freq_dim=32,
+            ),
+            **kw,
+        }
+    )
 
 
 def small_inputs(cfg, B=2, F=2, H=4, W=6, seed=0):
@@ -153,18 +195,24 @@ def test_any_even_head_dim_and_shapes(head_dim):
 def test_rope_is_relative_and_norm_preserving():
     # <R(p) q, R(p') k> depends on p - p' only (per axis), and rotations keep lengths
     g = torch.Generator().manual_seed(0)
-    D, grid = 18, (3, 4, 5)                                         # pairs split 3/3/3
+    D, grid = 18, (3, 4, 5)  # pairs split 3/3/3
     cos, sin = rope_cos_sin(grid, D, 60, "cpu")
     q, k = torch.randn(2, D, generator=g)
-    qs = apply_rope(q.expand(1, 60, 1, D), cos, sin)[0, :, 0].view(*grid, D)   # q placed at every position
+    qs = apply_rope(q.expand(1, 60, 1, D), cos, sin)[0, :, 0].view(
+        *grid, D
+    )  # q placed at every position
     ks = apply_rope(k.expand(1, 60, 1, D), cos, sin)[0, :, 0].view(*grid, D)
     dot = lambda a, b: (qs[a] * ks[b]).sum().item()
     assert abs(dot((0, 1, 2), (1, 3, 0)) - dot((1, 0, 4), (2, 2, 2))) < 1e-5
     assert abs(dot((0, 0, 0), (1, 0, 0)) - dot((1, 3, 4), (2, 3, 4))) < 1e-5
-    assert abs(dot((0, 0, 0), (1, 0, 0)) - dot((0, 0, 0), (0, 1, 0))) > 1e-3   # axes have their own angles
+    assert (
+        abs(dot((0, 0, 0), (1, 0, 0)) - dot((0, 0, 0), (0, 1, 0))) > 1e-3
+    )  # axes have their own angles
     assert torch.allclose(qs.norm(dim=-1), q.norm().expand(*grid), atol=1e-5)
-    padded_cos, padded_sin = rope_cos_sin(grid, D, 64, "cpu")        # pad tokens are left unrotated
-    assert torch.equal(apply_rope(q.expand(1, 64, 1, D), padded_cos, padded_sin)[0, 60:, 0], q.expand(4, D))
+    padded_cos, padded_sin = rope_cos_sin(grid, D, 64, "cpu")  # pad tokens are left unrotated
+    assert torch.equal(
+        apply_rope(q.expand(1, 64, 1, D), padded_cos, padded_sin)[0, 60:, 0], q.expand(4, D)
+    )
 
 
 def test_gradient_checkpointing_gives_the_same_grads():
@@ -188,15 +236,25 @@ def test_bf16_autocast_keeps_fp32_islands():
     dtypes = {}
     for n, b in enumerate(model.blocks):
         b.register_forward_hook(lambda m, i, o, n=n: dtypes.__setitem__(n, o.dtype))
-    model.blocks[0].self_attn.q.register_forward_hook(lambda m, i, o: dtypes.__setitem__("q", o.dtype))
+    model.blocks[0].self_attn.q.register_forward_hook(
+        lambda m, i, o: dtypes.__setitem__("q", o.dtype)
+    )
     model.head.register_forward_hook(lambda m, i, o: dtypes.__setitem__("head", o.dtype))
     with torch.no_grad():
         ref = model(x, t, ctx)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x, t, ctx)
             e, e0 = model.time_embed(t[:, None].expand(-1, 12))
-    assert dtypes["q"] == torch.bfloat16                       # the matmuls do run in bf16
-    assert dtypes[0] == dtypes[1] == dtypes["head"] == torch.float32 == e.dtype == e0.dtype == out.dtype
+    assert dtypes["q"] == torch.bfloat16  # the matmuls do run in bf16
+    assert (
+        dtypes[0]
+        == dtypes[1]
+        == dtypes["head"]
+        == torch.float32
+        == e.dtype
+        == e0.dtype
+        == out.dtype
+    )
     assert maxdiff(out, ref) < 0.05 * ref.abs().max().item()
 
 
@@ -213,8 +271,8 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="context"):
         model(x, t, ctx[:1])
     with pytest.raises(ValueError, match=r"context\[1\]"):
-        model(x, t, [ctx[0], torch.randn(9, cfg.text_dim)])       # longer than text_len = 8
+        model(x, t, [ctx[0], torch.randn(9, cfg.text_dim)])  # longer than text_len = 8
     with pytest.raises(ValueError, match="seq_len"):
         model(x, t, ctx, seq_len=3)
     with pytest.raises(ValueError, match="head dim"):
-        WanModel(small_cfg(dim=64, num_heads=16))                  # head dim 4 < 6
+        WanModel(small_cfg(dim=64, num_heads=16))  # head dim 4 < 6

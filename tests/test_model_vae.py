@@ -4,6 +4,7 @@ python -m pytest tests/test_model_vae.py -q
 The reference tensors (tests/fixtures, see its README.md) were computed by the official streaming
 code of wan/modules/vae2_2.py in float32; ours must match to 1e-5.
 """
+
 import json
 
 import pytest
@@ -17,9 +18,16 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def oracle(oracle_dir):
     from safetensors.torch import load_file
+
     c = json.loads((oracle_dir / "tiny_vae_config.json").read_text())
-    cfg = VAEConfig(dim=c["dim"], dec_dim=c["dec_dim"], z_dim=c["z_dim"], dim_mult=tuple(c["dim_mult"]),
-                    num_res_blocks=c["num_res_blocks"], temperal_downsample=tuple(c["temperal_downsample"]))
+    cfg = VAEConfig(
+        dim=c["dim"],
+        dec_dim=c["dec_dim"],
+        z_dim=c["z_dim"],
+        dim_mult=tuple(c["dim_mult"]),
+        num_res_blocks=c["num_res_blocks"],
+        temperal_downsample=tuple(c["temperal_downsample"]),
+    )
     vae = WanVAE(cfg).eval()
     vae.load_state_dict(torch.load(oracle_dir / "tiny_vae.pth", weights_only=True), strict=True)
     return vae, load_file(oracle_dir / "tiny_vae_reference.safetensors")
@@ -36,7 +44,10 @@ def test_oracle_encode_decode(oracle, name):
         latent = vae.encode(ref[f"{name}.video"][None])
         raw = vae.decode(ref[f"{name}.latent"][None], clamp=False)
         clamped = vae.decode(ref[f"{name}.latent"][None])
-    assert latent.shape[1:] == ref[f"{name}.latent"].shape and maxdiff(latent[0], ref[f"{name}.latent"]) < TOL
+    assert (
+        latent.shape[1:] == ref[f"{name}.latent"].shape
+        and maxdiff(latent[0], ref[f"{name}.latent"]) < TOL
+    )
     assert maxdiff(raw[0], ref[f"{name}.decoded_raw"]) < TOL
     assert maxdiff(clamped[0], ref[f"{name}.decoded"]) < TOL and clamped.abs().max() <= 1
 
@@ -50,7 +61,7 @@ def test_oracle_raw_mean_and_random_latent(oracle):
         assert maxdiff(raw[0], ref["randlat.decoded_raw"]) < TOL
         assert maxdiff(vae.decode(ref["randlat.latent"][None])[0], ref["randlat.decoded"]) < TOL
         mean, std = vae.latent_mean, vae.latent_std
-        vae.set_latent_stats([0.0] * 48, [1.0] * 48)                # identity normalization -> raw mu
+        vae.set_latent_stats([0.0] * 48, [1.0] * 48)  # identity normalization -> raw mu
         try:
             mu = vae.encode(ref["video9.video"][None])
         finally:
@@ -70,7 +81,7 @@ def small_vae(seed=0):
     # narrow, z_dim 8: the same architecture at a size where 21 frames take well under a second
     torch.manual_seed(seed)
     vae = WanVAE(VAEConfig(dim=4, dec_dim=4, z_dim=8)).eval()
-    with torch.no_grad():                  # default init leaves RMS gammas at 1 and biases near 0: perturb
+    with torch.no_grad():  # default init leaves RMS gammas at 1 and biases near 0: perturb
         for p in vae.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return vae
@@ -97,19 +108,19 @@ def test_causality():
     video = torch.rand(1, 3, 13, 16, 16, generator=g) * 2 - 1
     with torch.no_grad():
         base = vae.encode(video)
-        for k in range(3):                                          # latent k covers frames <= 4k
+        for k in range(3):  # latent k covers frames <= 4k
             changed = video.clone()
-            changed[:, :, 4 * k + 1:] = torch.rand(changed[:, :, 4 * k + 1:].shape, generator=g)
+            changed[:, :, 4 * k + 1 :] = torch.rand(changed[:, :, 4 * k + 1 :].shape, generator=g)
             lat = vae.encode(changed)
-            assert torch.equal(lat[:, :, :k + 1], base[:, :, :k + 1])
-            assert maxdiff(lat[:, :, k + 1:], base[:, :, k + 1:]) > 1e-4    # the rest does see them
+            assert torch.equal(lat[:, :, : k + 1], base[:, :, : k + 1])
+            assert maxdiff(lat[:, :, k + 1 :], base[:, :, k + 1 :]) > 1e-4  # the rest does see them
         dec = vae.decode(base, clamp=False)
-        for k in range(1, 4):                                       # latent k feeds frames >= 4k-3
+        for k in range(1, 4):  # latent k feeds frames >= 4k-3
             z = base.clone()
             z[:, :, k:] = torch.randn(z[:, :, k:].shape, generator=g)
             out = vae.decode(z, clamp=False)
-            assert torch.equal(out[:, :, :4 * k - 3], dec[:, :, :4 * k - 3])
-            assert maxdiff(out[:, :, 4 * k - 3:], dec[:, :, 4 * k - 3:]) > 1e-4
+            assert torch.equal(out[:, :, : 4 * k - 3], dec[:, :, : 4 * k - 3])
+            assert maxdiff(out[:, :, 4 * k - 3 :], dec[:, :, 4 * k - 3 :]) > 1e-4
 
 
 def test_frame_count_rule_and_bad_shapes():
@@ -119,7 +130,13 @@ def test_frame_count_rule_and_bad_shapes():
             lat = vae.encode(torch.zeros(1, 3, frames, 16, 32))
             assert lat.shape == (1, 8, latent_frames, 1, 2)
             assert vae.decode(lat).shape == (1, 3, frames, 16, 32)
-    for shape in ((1, 3, 8, 16, 16), (1, 3, 4, 16, 16), (1, 3, 5, 24, 16), (1, 3, 5, 16, 40), (1, 4, 5, 16, 16)):
+    for shape in (
+        (1, 3, 8, 16, 16),
+        (1, 3, 4, 16, 16),
+        (1, 3, 5, 24, 16),
+        (1, 3, 5, 16, 40),
+        (1, 4, 5, 16, 16),
+    ):
         with pytest.raises(ValueError, match="4k\\+1 frames"):
             vae.encode(torch.zeros(shape))
     with pytest.raises(ValueError, match="multiple of 4"):
@@ -135,13 +152,19 @@ def test_differentiable_through_streaming_encode_and_decode():
     vae.train()
     video = torch.rand(2, 3, 9, 16, 16) * 2 - 1
     grads = []
-    for chunk in (1, None):                                         # streamed (chunks + caches) vs one piece
+    for chunk in (1, None):  # streamed (chunks + caches) vs one piece
         vae.zero_grad()
         recon = vae.decode(vae.encode(video, chunk=chunk and 4), clamp=False, chunk=chunk)
         (recon - video).square().mean().backward()
         grads.append({k: p.grad.clone() for k, p in vae.named_parameters()})
-    for k in ("encoder.conv1.weight", "encoder.downsamples.1.downsamples.2.time_conv.weight", "conv1.weight",
-              "decoder.upsamples.0.upsamples.3.time_conv.weight", "decoder.head.2.weight", "conv2.weight"):
+    for k in (
+        "encoder.conv1.weight",
+        "encoder.downsamples.1.downsamples.2.time_conv.weight",
+        "conv1.weight",
+        "decoder.upsamples.0.upsamples.3.time_conv.weight",
+        "decoder.head.2.weight",
+        "conv2.weight",
+    ):
         assert grads[0][k].abs().sum() > 0, k
     # the caches carry gradient across chunks: streamed training equals one-piece training
     for k, g in grads[1].items():
