@@ -294,29 +294,35 @@ def report(results, out):
 # -----------------------------------------------------------------------------
 # command line
 
+EVAL_SUMMARY = """Evaluate a checkpoint on eval_n held-out test puzzles and print the paper's table.
+  --ckpt=<ckpt_* or run folder>   our checkpoint; its saved config is the base unless --config
+  --ckpt_dir=<folder>             the official Wan2.2-TI2V-5B weights (with --config 5b)
+  --out_dir=<folder>              where results.json, results.md and GIFs go (default: the
+                                  checkpoint's eval/ folder; with --ckpt_dir: <out_dir>/eval)
+The settings used are eval_n, eval_steps, eval_shift, eval_cfg (guidance) and eval_unipc."""
+
+
 def main(argv=None):
     """python eval.py --ckpt=... | --ckpt_dir=...: evaluate, print the table, write the results."""
     import train                  # the config parser and the loaders; train.py imports this file
     argv = sys.argv[1:] if argv is None else argv
-    # with --ckpt and no --config, the checkpoint's own config is the base (puzzles, size, model)
-    ckpt_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt=")), "")
-    base = None
-    if ckpt_arg and not any(a.startswith("--config") for a in argv):
-        base = json.loads((train.resolve_checkpoint(ckpt_arg) / "config.json").read_text())
-    cfg = train.get_config(argv, base=base)
+    if train.wants_help(argv):
+        print(train.usage("eval.py", EVAL_SUMMARY))
+        return None
+    try:
+        cfg, out = eval_config(train, argv)
+    except train.ConfigError as e:
+        train.config_exit("eval.py", e)
     rank, world, device = train.setup_distributed(cfg)
-    if cfg.eval_n <= 0:
-        raise ValueError("--eval_n must be > 0 (the number of held-out puzzles)")
     dit, vae, text = train.build_models(cfg, device)
     if cfg.ckpt:
         ckpt = train.resolve_checkpoint(cfg.ckpt)
+        try:
+            train.check_checkpoint(ckpt)
+        except train.CheckpointError as e:
+            print(f"eval.py: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         train.load_weights(ckpt, dit, vae, text)
-        out = ckpt / "eval"
-    elif cfg.ckpt_dir:
-        out = Path(cfg.out_dir) / "eval"
-    else:
-        raise ValueError("nothing to evaluate: give --ckpt=<our checkpoint or run folder> "
-                         "or --ckpt_dir=<official folder>")
     train.channels_last(vae)
     dit.to(device).eval()
     solver = "UniPC" if cfg.eval_unipc else "Euler"
@@ -333,6 +339,32 @@ def main(argv=None):
     if dist.is_initialized():
         dist.destroy_process_group()
     return res
+
+
+def eval_config(train, argv):
+    """(TrainConfig, output folder) of an eval.py command line; ConfigError for a bad one.
+
+    With --ckpt and no --config, the checkpoint's own config is the base (puzzles, size, model).
+    Results go to --out_dir when it is given, else to the checkpoint's eval/ folder.
+    """
+    ckpt_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt=")), "")
+    base = None
+    if ckpt_arg and not any(a.startswith("--config") for a in argv):
+        base = json.loads((train.resolve_checkpoint(ckpt_arg) / "config.json").read_text())
+    cfg = train.get_config(argv, base=base)
+    if cfg.eval_n <= 0:
+        raise train.ConfigError("--eval_n must be > 0 (the number of held-out puzzles)")
+    out_given = any(a.startswith("--out_dir") for a in argv)
+    if out_given:
+        out = Path(cfg.out_dir)
+    elif cfg.ckpt:
+        out = train.resolve_checkpoint(cfg.ckpt) / "eval"
+    elif cfg.ckpt_dir:
+        out = Path(cfg.out_dir) / "eval"
+    else:
+        raise train.ConfigError("nothing to evaluate: give --ckpt=<our checkpoint or run folder> "
+                                "or --ckpt_dir=<official folder>")
+    return cfg, out
 
 
 def evaluate_config(cfg, dit, vae, text, device, gif_dir=None, split=("test", 0)):

@@ -29,7 +29,9 @@ bool); unknown keys are an error.
 """
 import copy
 import dataclasses
+import difflib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -38,6 +40,7 @@ import random
 import shutil
 import sys
 import time
+import zipfile
 from ast import literal_eval
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -185,13 +189,72 @@ CONFIGS["5b_lora"] = CONFIGS["5b"] | dict(
 )
 
 
+PRESETS_HELP = {
+    "tiny": "CPU demo (~15 min on 2 cores): tiny VAE warm-up, SFT, 24 RL iterations, results table",
+    "5b": "Wan2.2-TI2V-5B, all DiT weights under FSDP2 (torchrun on GPUs); needs --ckpt_dir",
+    "5b_lora": "the 5b preset with LoRA r32 on q,k,v,o and KL beta 0.004; one 80 GB GPU",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration mistake: the command line ends with one line and exit status 2."""
+
+
+def closest(word, choices):
+    """' (did you mean X?)' for the closest of `choices` to `word`, or ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    return match[0]
+
+
+def config_fields_help():
+    """Every TrainConfig field as 'name (type, default): its comment', grouped as in the source."""
+    defaults = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    lines, last = [], None
+    for raw in inspect.getsource(TrainConfig).splitlines()[1:]:
+        code, _, comment = raw.partition("#")
+        code, comment = code.strip(), comment.strip()
+        name = code.split(":")[0].strip() if ":" in code else ""
+        if name in defaults:
+            f = defaults[name]
+            lines.append(f"  --{name}=<{f.type if isinstance(f.type, str) else f.type.__name__}>"
+                         f"  (default {f.default!r})  {comment}".rstrip())
+            last = len(lines) - 1
+        elif comment and not code and last is not None and raw.startswith(" " * 8):
+            lines[last] += " " + comment                                    # a continued comment
+        elif comment and not code:
+            lines.append(f" {comment}:")                                     # a group heading
+            last = None
+    return "\n".join(lines)
+
+
+def usage(program, summary):
+    """The --help text: what the program does, the presets, every config field."""
+    presets = "\n".join(f"  --config {name:8s} {PRESETS_HELP.get(name, '')}" for name in CONFIGS)
+    return (f"usage: python {program} [--config NAME] [--key=value ...]\n\n{summary}\n\n"
+            f"presets:\n{presets}\n\nconfig fields (--key=value, --key value, or a bare --flag "
+            f"for a bool):\n{config_fields_help()}")
+
+
+def wants_help(argv):
+    """True if the command line asks for the usage (-h or --help anywhere)."""
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def config_exit(program, error):
+    """End the program as command-line tools do on a usage error: one line, exit status 2."""
+    print(f"{program}: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_args(argv):
     """--key=value / --key value / --flag -> [(key, value or None)] in order."""
     pairs, args = [], list(argv)
     while args:
         arg = args.pop(0)
         if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}: use --key=value")
+            raise ConfigError(f"unexpected argument {arg!r}: use --key=value (--help for the keys)")
         key, eq, val = arg[2:].partition("=")
         if not eq:                                        # --key value, or a bare --flag
             if args and not args[0].startswith("--"):
@@ -206,18 +269,19 @@ def parse_value(key, val, old):
     """The value of --key=val typed like the field's default `old`."""
     if val is None:
         if not isinstance(old, bool):
-            raise ValueError(f"--{key} needs a value (--{key}=...)")
+            raise ConfigError(f"--{key} needs a value (--{key}=...)")
         return True
     if isinstance(old, str):
         return val
     try:
         new = literal_eval(val)
     except (ValueError, SyntaxError):
-        raise ValueError(f"--{key}={val}: not a valid {type(old).__name__}") from None
+        raise ConfigError(f"--{key}={val}: not a valid {type(old).__name__}") from None
     if isinstance(old, float) and type(new) is int:
         new = float(new)
     if type(new) is not type(old):
-        raise ValueError(f"--{key}={val}: expected {type(old).__name__}, got {type(new).__name__}")
+        raise ConfigError(f"--{key}={val}: expected {type(old).__name__}, got "
+                          f"{type(new).__name__}")
     return new
 
 
@@ -236,13 +300,17 @@ def get_config(argv, base=None):
     elif preset in CONFIGS:
         cfg = TrainConfig(config=preset, **CONFIGS[preset])
     else:
-        raise ValueError(f"unknown config {preset!r}; presets: {', '.join(CONFIGS)}")
-    fields = {f.name for f in dataclasses.fields(cfg)}
+        near = closest(preset, CONFIGS)
+        hint = f"did you mean --config {near}? " if near else ""
+        raise ConfigError(f"unknown config {preset!r}; {hint}presets: {', '.join(CONFIGS)}")
+    fields = [f.name for f in dataclasses.fields(cfg)]
     for key, val in pairs:
         if key == "config":
             continue
         if key not in fields:
-            raise ValueError(f"unknown config key --{key}; known keys: {', '.join(fields)}")
+            near = closest(key, fields)
+            hint = f"did you mean --{near}?" if near else "--help lists the keys"
+            raise ConfigError(f"unknown config key --{key}; {hint}")
         setattr(cfg, key, parse_value(key, val, getattr(cfg, key)))
     return cfg
 
@@ -251,29 +319,29 @@ def check_config(cfg, world):
     """Errors for settings that cannot work, before anything expensive happens."""
     bad = [d for d in domains(cfg) if d not in puzzles.DOMAINS]
     if bad:
-        raise ValueError(f"--domains: unknown {bad}; choose from {puzzles.DOMAINS}")
+        raise ConfigError(f"--domains: unknown {bad}; choose from {puzzles.DOMAINS}")
     if cfg.frames % 4 != 1 or cfg.height % 32 or cfg.width % 32:
-        raise ValueError(f"video {cfg.frames}x{cfg.height}x{cfg.width}: frames must be 4k+1 and "
+        raise ConfigError(f"video {cfg.frames}x{cfg.height}x{cfg.width}: frames must be 4k+1 and "
                          "height/width multiples of 32 (VAE stride 4x16x16 times the DiT patch "
                          "1x2x2)")
     window_end = cfg.sde_start + cfg.sde_steps
     if not 0 <= cfg.sde_start <= window_end <= cfg.num_steps:
-        raise ValueError(f"SDE window [{cfg.sde_start}, {window_end}) must lie in "
+        raise ConfigError(f"SDE window [{cfg.sde_start}, {window_end}) must lie in "
                          f"[0, {cfg.num_steps})")
     if cfg.rl_steps and cfg.sde_steps == 0:
-        raise ValueError("--sde_steps=0 leaves RL nothing to train: K must be >= 1")
+        raise ConfigError("--sde_steps=0 leaves RL nothing to train: K must be >= 1")
     if cfg.puzzles_per_step % cfg.groups_per_update:
-        raise ValueError(f"puzzles_per_step {cfg.puzzles_per_step} must be a multiple of "
+        raise ConfigError(f"puzzles_per_step {cfg.puzzles_per_step} must be a multiple of "
                          f"groups_per_update {cfg.groups_per_update}")
     if cfg.sft_steps and cfg.sft_batch % world:
-        raise ValueError(f"sft_batch {cfg.sft_batch} must be a multiple of the {world} ranks")
+        raise ConfigError(f"sft_batch {cfg.sft_batch} must be a multiple of the {world} ranks")
     rl_videos = cfg.puzzles_per_step * cfg.group_size
     if cfg.rl_steps and rl_videos % world:
-        raise ValueError(f"P x G = {rl_videos} videos must split evenly over {world} ranks")
+        raise ConfigError(f"P x G = {rl_videos} videos must split evenly over {world} ranks")
     if cfg.reward not in ("dense", "sparse"):
-        raise ValueError(f"--reward={cfg.reward}: dense or sparse")
+        raise ConfigError(f"--reward={cfg.reward}: dense or sparse")
     if cfg.model not in M.DIT_CONFIGS:
-        raise ValueError(f"--model={cfg.model}: presets {list(M.DIT_CONFIGS)}")
+        raise ConfigError(f"--model={cfg.model}: presets {list(M.DIT_CONFIGS)}")
 
 
 def domains(cfg):
@@ -723,12 +791,32 @@ def save_rollout_gif(cfg, step, rollout):
 # the run: models and start point, then one stage loop for SFT and RL
 # =============================================================================
 
+TRAIN_SUMMARY = """Train a video model to solve puzzles: stage 0 (tiny VAE warm-up), stage 1 SFT,
+stage 2 Early-Step-Focus GRPO, each followed by a held-out evaluation (eval_n puzzles). Writes
+out_dir: checkpoints ckpt_<step>/, metrics.jsonl, curves.png, eval_<stage>.json, results.md, GIFs.
+Examples: python train.py --config tiny; python train.py --config 5b --dry_run;
+python train.py --config tiny --resume (continue out_dir's latest intact checkpoint)."""
+
+
 def main(argv=None):
     """Stage 0 (tiny VAE) -> stage 1 SFT -> evaluation -> stage 2 RL -> evaluation -> table."""
-    cfg = get_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv):
+        print(usage("train.py", TRAIN_SUMMARY))
+        return None
+    try:
+        cfg = get_config(argv)
+    except ConfigError as e:
+        config_exit("train.py", e)
     if cfg.dry_run:
         return dry_run(cfg)
-    run, resume = start_run(cfg)
+    try:
+        run, resume = start_run(cfg)
+    except ConfigError as e:
+        config_exit("train.py", e)
+    except CheckpointError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     start = resume["step"] if resume else 0
     bad = resume["extra"].get("bad_steps", 0) if resume else 0
     results = {}
@@ -741,6 +829,8 @@ def main(argv=None):
             done, bad = run_stage(run, stage, max(first, start), first, last, resume, bad)
         if done == last and cfg.eval_n:
             results[stage] = evaluate_stage(run, stage)
+        if is_master():
+            write_curves(cfg, results)
         if done < last or done == cfg.stop_after:
             break
     if results and is_master():
@@ -839,9 +929,17 @@ def write_log(cfg, stage, stage_step, log, bar):
     with open(Path(cfg.out_dir) / "metrics.jsonl", "a") as f:
         f.write(json.dumps(log) + "\n")
     cells = [f"{k} {log[k]:.4g}" for k in LOG_KEYS if k in log]
+    if stage == "rl" and "loss" not in log:
+        cells.append(SKIPPED)
     times = [f"{k[5:]} {v:.2f}s" for k, v in log.items() if k.startswith("time_")]
     tqdm.write(f"{stage} {stage_step:5d} | " + " | ".join(cells + times))
-    bar.set_postfix(stage=stage, loss=f"{log.get('loss', float('nan')):.4f}")
+    if "loss" in log:
+        bar.set_postfix(stage=stage, loss=f"{log['loss']:.4f}")
+    else:
+        bar.set_postfix_str(f"stage={stage}, {SKIPPED}")
+
+
+SKIPPED = "skipped: all groups zero-std"     # an RL iteration whose groups all had equal rewards
 
 
 def evaluate_stage(run, name):
@@ -874,13 +972,14 @@ def start_run(cfg):
     dit, vae, text = build_models(cfg, device)
     resume, resume_from, start = None, None, None
     if cfg.resume:
-        resume_from = resolve_checkpoint(out)
+        resume_from = resume_checkpoint(out)
         resume = load_state(resume_from / "state.pt")
         print0(f"resuming {resume_from} at step {resume['step']}")
         if is_master():
             truncate_metrics(out / "metrics.jsonl", resume["step"])
-    if cfg.ckpt:                  # the start weights (also on resume: LoRA checkpoints hold adapters)
+    if cfg.ckpt:                  # the start weights, also on resume (a LoRA checkpoint: adapters)
         start = resolve_checkpoint(cfg.ckpt)
+        check_checkpoint(start)
         print0(f"initialising from {start}")
     sources = [c for c in (start, resume_from) if c is not None]
     has_vae = any((c / "vae.safetensors").exists() for c in sources)
@@ -1107,6 +1206,98 @@ def merge_lora(state_dict, scale):
 
 
 # -----------------------------------------------------------------------------
+# training curves: metrics.jsonl and the held-out results drawn as one PNG with Pillow
+
+CURVES_SIZE = (1200, 800)           # (width, height) of curves.png: 3 x 2 panels of 400 x 400
+
+
+def curve_panels(rows, results):
+    """The panels of curves.png: (title, [(label, colour, [(x, y)])]) from metrics rows."""
+    sft = [r for r in rows if r["stage"] == "sft" and "loss" in r]
+    rl = [r for r in rows if r["stage"] == "rl"]
+
+    def series(sel, key):
+        return [(r["stage_step"], r[key]) for r in sel if key in r and math.isfinite(r[key])]
+
+    reward_hi = [(r["stage_step"], r["reward"] + r["reward_std"]) for r in rl]
+    reward_lo = [(r["stage_step"], r["reward"] - r["reward_std"]) for r in rl]
+    held_out = [(i, res["overall"]["success"]) for i, res in enumerate(results.values())]
+    return [
+        ("SFT loss (per step)", [("loss", (31, 119, 180), series(sft, "loss"))]),
+        ("RL mean reward +- std", [("mean", (214, 39, 40), series(rl, "reward")),
+                                   ("+std", (240, 160, 160), reward_hi),
+                                   ("-std", (240, 160, 160), reward_lo)]),
+        ("RL success rate of rollouts", [("success", (44, 160, 44), series(rl, "success"))]),
+        ("RL zero-std group ratio", [("zero-std", (148, 103, 189), series(rl, "zero_std_ratio"))]),
+        ("RL clip fraction", [("clipfrac", (140, 86, 75), series(rl, "clipfrac"))]),
+        ("held-out success after each stage", [("SR", (23, 190, 207), held_out)]),
+    ]
+
+
+def draw_panel(draw, box, title, lines, names=None):
+    """One panel: frame, title, y range labels, a polyline (or dots) per series."""
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(180, 180, 180))
+    draw.text((x0 + 8, y0 + 6), title, fill=(0, 0, 0))
+    points = [p for _, _, pts in lines for p in pts]
+    left, top, right, bottom = x0 + 50, y0 + 28, x1 - 12, y1 - 30
+    draw.rectangle((left, top, right, bottom), outline=(90, 90, 90))
+    if not points:
+        draw.text((left + 10, top + 10), "no data (stage not run)", fill=(120, 120, 120))
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xmin, xmax = min(xs), max(xs)
+    ymin, ymax = min(ys), max(ys)
+    if ymax - ymin < 1e-12:
+        ymin, ymax = ymin - 0.5, ymax + 0.5
+    if xmax == xmin:
+        xmin, xmax = xmin - 0.5, xmax + 0.5
+
+    def at(x, y):
+        px = left + (x - xmin) / (xmax - xmin) * (right - left)
+        py = bottom - (y - ymin) / (ymax - ymin) * (bottom - top)
+        return px, py
+
+    draw.text((x0 + 4, top - 4), f"{ymax:.3g}", fill=(60, 60, 60))
+    draw.text((x0 + 4, bottom - 8), f"{ymin:.3g}", fill=(60, 60, 60))
+    draw.text((left, bottom + 6), f"{xmin:g}", fill=(60, 60, 60))
+    draw.text((right - 30, bottom + 6), f"{xmax:g}", fill=(60, 60, 60))
+    for _, colour, pts in lines:
+        xy = [at(x, y) for x, y in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for px, py in xy:
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
+    if names:
+        for i, name in enumerate(names):
+            px, _ = at(i, ymin)
+            draw.text((px - 10, bottom + 16), name, fill=(60, 60, 60))
+
+
+def write_curves(cfg, results):
+    """Draw out_dir/curves.png from metrics.jsonl and the held-out results so far (rank 0).
+
+    Six panels: SFT loss; RL mean reward with +-1 std, success rate of the rollouts, zero-std group
+    ratio and clip fraction per iteration; held-out success after each evaluated stage.
+    """
+    path = Path(cfg.out_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    image = Image.new("RGB", CURVES_SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    width, height = CURVES_SIZE[0] // 3, CURVES_SIZE[1] // 2
+    names = {"sft": "SFT", "rl": "SFT+RL"}
+    for i, (title, lines) in enumerate(curve_panels(rows, results)):
+        x, y = (i % 3) * width, (i // 3) * height
+        stage_names = [names[k] for k in results] if i == 5 else None
+        draw_panel(draw, (x + 4, y + 4, x + width - 4, y + height - 4), title, lines, stage_names)
+    target = Path(cfg.out_dir) / "curves.png"
+    M.atomic_write(target, lambda tmp: image.save(tmp, format="PNG"))
+    return target
+
+
+# -----------------------------------------------------------------------------
 # checkpoints: written into a temporary folder, renamed into place when complete, then `latest`
 # is replaced; a run killed at any moment leaves the previous checkpoint intact.
 
@@ -1209,6 +1400,68 @@ def resolve_checkpoint(path):
         raise FileNotFoundError(f"{path}: not a checkpoint of ours (expected a ckpt_* folder with "
                                 f"state.pt and config.json, or a run folder with a 'latest' file)")
     return path
+
+
+class CheckpointError(RuntimeError):
+    """A damaged checkpoint file (truncated copy, full disk): the message names the file."""
+
+
+def check_safetensors(path):
+    """Raise CheckpointError if `path` is not a complete .safetensors file (header and data)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is truncated: {size} bytes, not even a header")
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            raise CheckpointError(f"{path} is truncated: its header needs {8 + n:,} bytes, the "
+                                  f"file has {size:,}")
+        try:
+            meta = json.loads(f.read(n))
+        except ValueError:
+            raise CheckpointError(f"{path} is damaged: its header is not valid JSON") from None
+    ends = [v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"]
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        raise CheckpointError(f"{path} is truncated or damaged: {size:,} bytes, its header "
+                              f"describes {expected:,} (a partial copy or a full disk?)")
+
+
+def check_checkpoint(ckpt):
+    """Raise CheckpointError naming the first damaged file of a checkpoint folder.
+
+    Cheap: the safetensors headers and the zip directory of state.pt are read, not the weights.
+    """
+    for path in sorted(ckpt.glob("*.safetensors")):
+        check_safetensors(path)
+    if not zipfile.is_zipfile(ckpt / "state.pt"):
+        raise CheckpointError(f"{ckpt / 'state.pt'} is truncated or damaged: not a complete "
+                              f"torch.save archive")
+
+
+def resume_checkpoint(out):
+    """The checkpoint --resume continues from: out's latest, or the newest intact earlier one.
+
+    A damaged latest checkpoint (its files are checked, see check_checkpoint) is named in a printed
+    warning and the run falls back to the newest earlier checkpoint whose files are complete.
+    """
+    latest = resolve_checkpoint(out)
+    try:
+        check_checkpoint(latest)
+        return latest
+    except CheckpointError as e:
+        damage = e
+    earlier = sorted((p for p in Path(out).glob("ckpt_*") if p.is_dir() and p.name < latest.name),
+                     reverse=True)
+    for ckpt in earlier:
+        try:
+            check_checkpoint(ckpt)
+        except CheckpointError:
+            continue
+        print0(f"warning: {damage}; resuming from the intact earlier checkpoint {ckpt} instead")
+        return ckpt
+    raise CheckpointError(f"{damage}; and {out} holds no intact earlier checkpoint to resume from")
 
 
 def load_lora(ckpt, dit):

@@ -8,13 +8,17 @@ warm-up, cached under tests/.cache by the first run that needs it.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import eval as E
 import model as M
 import sde
 import train as T
@@ -340,3 +344,48 @@ def test_tiny_lora_run_with_kl_saves_adapters_resumes_exactly_and_merges(full_ru
         torch.testing.assert_close(merged[stem + ".weight"], expected, rtol=1e-5, atol=1e-6)
         moved += int(B.abs().max() > 0)
     assert moved > 0                                                 # SFT trained the adapters
+
+
+# -----------------------------------------------------------------------------
+# what a user sees: skipped RL iterations, curves.png, eval --out_dir, a damaged checkpoint
+
+def test_run_shows_skipped_iterations_and_draws_curves(full_run):
+    out, log = full_run
+    assert T.SKIPPED in log and "loss=nan" not in log                # every group zero-std here
+    image = Image.open(out / "curves.png")
+    assert image.size == T.CURVES_SIZE
+    pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 8         # not blank
+
+
+def test_eval_writes_where_asked(full_run, tmp_path):
+    out, _ = full_run
+    ckpt = T.resolve_checkpoint(out)
+    shutil.rmtree(ckpt / "eval", ignore_errors=True)
+    E.main([f"--ckpt={out}", f"--out_dir={tmp_path / 'there'}", "--eval_n=2", "--eval_steps=2"])
+    there = tmp_path / "there"
+    assert (there / "results.json").exists() and (there / "results.md").exists()
+    assert not (ckpt / "eval").exists()                              # not the checkpoint's folder
+    E.main([f"--ckpt={out}", "--eval_n=2", "--eval_steps=2"])        # the default stays
+    assert (ckpt / "eval" / "results.json").exists()
+
+
+def test_resume_from_a_truncated_checkpoint_names_it_and_falls_back(full_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(full_run[0], copy)
+    latest = T.resolve_checkpoint(copy)
+    dit = latest / "dit.safetensors"
+    dit.write_bytes(dit.read_bytes()[: dit.stat().st_size // 2])      # a partial copy
+    assert T.resume_checkpoint(copy) == copy / "ckpt_000002"
+    warning = capsys.readouterr().out
+    assert str(dit) in warning and "truncated" in warning and "ckpt_000002" in warning
+    with pytest.raises(T.CheckpointError, match="dit.safetensors is truncated"):
+        T.check_checkpoint(latest)
+    earlier = copy / "ckpt_000002" / "dit.safetensors"
+    earlier.write_bytes(earlier.read_bytes()[:100])
+    with pytest.raises(T.CheckpointError, match="no intact earlier checkpoint"):
+        T.resume_checkpoint(copy)
+    p = run([*SMALL, f"--out_dir={copy}", "--resume"], tmp_path, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert str(dit) in lines[-1] and lines[-1].startswith("train.py: error: ")
