@@ -1243,7 +1243,7 @@ def draw_panel(draw, box, title, lines, names=None):
     left, top, right, bottom = x0 + 50, y0 + 28, x1 - 12, y1 - 30
     draw.rectangle((left, top, right, bottom), outline=(90, 90, 90))
     if not points:
-        draw.text((left + 10, top + 10), "no data (stage not run)", fill=(120, 120, 120))
+        draw.text((left + 10, top + 10), "no data", fill=(120, 120, 120))
         return
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     xmin, xmax = min(xs), max(xs)
@@ -1287,7 +1287,7 @@ def write_curves(cfg, results):
     image = Image.new("RGB", CURVES_SIZE, "white")
     draw = ImageDraw.Draw(image)
     width, height = CURVES_SIZE[0] // 3, CURVES_SIZE[1] // 2
-    names = {"sft": "SFT", "rl": "SFT+RL"}
+    names = {"sft": "SFT", "rl": "RL"}
     for i, (title, lines) in enumerate(curve_panels(rows, results)):
         x, y = (i % 3) * width, (i // 3) * height
         stage_names = [names[k] for k in results] if i == 5 else None

@@ -32,7 +32,8 @@ dit, vae, text = model.load_pretrained({ckpt!r}, dtype=getattr(torch, {dtype!r})
                                        t5_cfg=model.T5_CONFIGS["tiny"])
 load_s = time.perf_counter() - t0
 after_load = status("VmHWM")
-checksum = sum(p.float().sum().item() for p in dit.parameters())     # touch every page of every weight
+# touch every page of every weight
+checksum = sum(p.float().sum().item() for p in dit.parameters())
 print(base, after_load, status("VmHWM"), load_s, checksum)
 """
 

@@ -32,7 +32,8 @@ def main():
     torch.manual_seed(0)
     dit, vae, text = M.WanModel(M.DIT_CONFIGS["tiny"]), M.WanVAE(M.VAE_CONFIGS["tiny"]), None
     text = M.TextEncoder(M.T5Encoder(M.T5_CONFIGS["tiny"]).eval(), dit.cfg.text_len)
-    for p in dit.head.parameters():                  # a non-zero head: the update has gradients to apply
+    # a non-zero head: the update has gradients to apply
+    for p in dit.head.parameters():
         torch.nn.init.normal_(p, std=0.02)
     T.channels_last(vae.requires_grad_(False).eval())
     run = T.Run(cfg=cfg, dit=dit, ref=dit, vae=vae, text=text, device=device)
@@ -53,7 +54,8 @@ def main():
             timing = rollout.timing
             timing["update"] = time.perf_counter() - t1
             total = time.perf_counter() - t0
-            if it:                                        # iteration 0 warms up allocators and kernels
+            # iteration 0 warms up allocators and kernels
+            if it:
                 times[k].append({"total": total} | timing)
     med = {k: {p: float(np.median([t[p] for t in v])) for p in v[0]} for k, v in times.items()}
     for k, m in med.items():
