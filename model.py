@@ -1429,3 +1429,95 @@ def export_diffusers(folder, dit, vae=None):
     }
     _write_component(folder / "vae", vae_config, vae.state_dict(), VAE_TO_DIFFUSERS, NATIVE_DIT)
     return folder
+
+
+# -----------------------------------------------------------------------------
+# helpers for training and evaluation loops: video <-> pixels, latent shapes, decoding in chunks,
+# the VAE file with its latent statistics, atomic writes, mixed precision
+# (added for train.py / eval.py; nothing above uses them)
+
+def latent_shape(frames, height, width, z_dim):
+    """(C, F', H', W') of a frames x height x width video: frame 0 alone, then VAE strides 4x16x16."""
+    return (z_dim, (frames - 1) // 4 + 1, height // 16, width // 16)
+
+
+def tokens_per_video(latent, patch_size):
+    """DiT tokens of one video: latent (C, F', H', W') cut into patches (pt, ph, pw)."""
+    _, f, h, w = latent
+    pt, ph, pw = patch_size
+    return (f // pt) * (h // ph) * (w // pw)
+
+
+def to_pixels(video_uint8):
+    """(F, H, W, 3) uint8 numpy -> (3, F, H, W) float32 in [-1, 1] (the VAE's input range)."""
+    return torch.from_numpy(video_uint8).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def to_uint8(video):
+    """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8 numpy, the verifier's input.
+
+    As Wan2.2's save_video: (x + 1) / 2 * 255, here rounded.
+    """
+    pixels = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def vae_chunks(frames):
+    """VAE streaming options for a clip of `frames` frames.
+
+    Short clips run in one piece (about 2x faster on CPU, and the memory is small at that size);
+    long ones in the official streaming form (flat memory in the number of frames).
+    """
+    return dict(chunk=None) if frames <= 33 else {}
+
+
+def decode_videos(vae, latents, frames, batch=4):
+    """(B, C, F', h, w) latents -> (B, F, H, W, 3) uint8 numpy, `batch` videos per VAE call.
+
+    Four at a time: tiny VAE on CPU, 31 instead of 98 ms per video at 32 in one call.
+    """
+    import numpy as np
+    parts = []
+    for i in range(0, len(latents), batch):
+        video = vae.decode(latents[i:i + batch], **vae_chunks(frames))   # (b, 3, F, H, W)
+        parts.append(to_uint8(video))
+    return np.concatenate(parts)
+
+
+def atomic_write(path, write):
+    """Call write(tmp) on a temporary sibling of `path`, then rename it into place.
+
+    A reader (or a run killed mid-write) sees the old file or the new one, never a partial one.
+    """
+    import os
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_vae(vae, path, metadata=None):
+    """The VAE's weights plus its latent statistics (keys latent_mean, latent_std), atomically."""
+    from safetensors.torch import save_file
+    sd = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    sd["latent_mean"] = torch.tensor(vae.latent_mean, dtype=torch.float32)
+    sd["latent_std"] = torch.tensor(vae.latent_std, dtype=torch.float32)
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
+
+
+def load_vae(vae, path):
+    """Load a file written by save_vae: weights (strict) and latent statistics."""
+    from safetensors.torch import load_file
+    sd = load_file(str(path))
+    if "latent_mean" not in sd or "latent_std" not in sd:
+        raise KeyError(f"{path}: no latent_mean / latent_std (not a VAE file written by save_vae)")
+    vae.set_latent_stats(sd.pop("latent_mean").tolist(), sd.pop("latent_std").tolist())
+    vae.load_state_dict(sd, strict=True)
+    return vae
+
+
+def autocast(device):
+    """bf16 autocast on GPU (the model keeps the official fp32 islands inside); CPU runs fp32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

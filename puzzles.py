@@ -903,3 +903,20 @@ if __name__ == "__main__":
         save_gif(f"{stem}.gif", video, fps=args.fps)
         Image.fromarray(video[0]).save(f"{stem}.png")
         print(f"{stem}.gif  {p.grid.shape[0]}x{p.grid.shape[1]} grid, {p.n_moves} moves  |  {p.prompt}")
+
+
+# -----------------------------------------------------------------------------
+# puzzle batches for the training and evaluation loops (added for train.py / eval.py)
+
+def make_batch(domains, level, split, start, n):
+    """Puzzles start .. start+n-1 of a split, the domains taking turns.
+
+    Index i -> domain i mod D, its (i // D)-th seed of that split: deterministic, and the same on
+    every rank.
+    """
+    out = []
+    for i in range(start, start + n):
+        domain = domains[i % len(domains)]
+        seed = split_seeds(split, 1, start=i // len(domains))[0]
+        out.append(generate(domain, seed, **LEVELS[domain][level]))
+    return out

@@ -591,3 +591,19 @@ def sample(model, noise, context, *, image_latent=None, num_steps=20, shift=5.0,
             records.append((x, x_next, log_prob, i))
         x = x_next
     return x, _trajectory(records, x, sigmas, timesteps)
+
+
+# -----------------------------------------------------------------------------
+# seeded generators for the training and evaluation loops (added for train.py / eval.py)
+
+def generator(device, *keys):
+    """A torch.Generator seeded from a tuple of keys (seed, stage, step, rank, ...).
+
+    Every random draw of a run is a function of where it happens, so a resumed run draws exactly
+    what the uninterrupted one would, and evaluation noise does not depend on the batching.
+    """
+    import hashlib
+    digest = hashlib.sha256(repr(keys).encode()).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return g

@@ -42,7 +42,8 @@ def test_zero_std_groups_get_zero_and_are_flagged():
 
 def test_advantages_are_clipped():
     rewards = torch.zeros(32)
-    rewards[3] = 1.0                                  # one success in 32: z = sqrt(31) = 5.57 before the clip
+    # one success in 32: z = sqrt(31) = 5.57 before the clip
+    rewards[3] = 1.0
     adv, _ = grpo.group_advantages(rewards, 32)
     std = 31 ** 0.5 / 32                              # population std of one 1 among 32
     assert adv[3].item() == 5.0 and adv[0].item() == pytest.approx(-(1 / 32) / (std + 1e-4), rel=1e-6)
@@ -79,8 +80,10 @@ def test_clipping_zeroes_gradient_beyond_range_in_advantage_direction():
     loss, stats = grpo.policy_loss(lp, torch.zeros(6), adv, clip_range=eps)
     loss.backward()
     g = lp.grad
-    assert g[0] == 0 and g[4] == 0                                   # A>0 above 1+eps; A<0 below 1-eps: clipped
-    expected = -adv * torch.exp(log_ratio) / 6                       # elsewhere the unclipped gradient
+    # A>0 above 1+eps; A<0 below 1-eps: clipped
+    assert g[0] == 0 and g[4] == 0
+    # elsewhere the unclipped gradient
+    expected = -adv * torch.exp(log_ratio) / 6
     torch.testing.assert_close(g[[1, 2, 3, 5]], expected[[1, 2, 3, 5]])
     assert stats["clipfrac"].item() == pytest.approx(4 / 6)
 
@@ -129,7 +132,8 @@ def test_gaussian_kl_closed_form_and_frame0():
     ref = torch.distributions.kl_divergence(N(mean, std), N(mean_ref, std))[:, :, 1:].mean(dim=(1, 2, 3, 4))
     torch.testing.assert_close(kl, ref)
     moved = mean.clone()
-    moved[:, :, 0] += 3.0                                              # frame 0 is not part of the policy
+    # frame 0 is not part of the policy
+    moved[:, :, 0] += 3.0
     assert torch.equal(grpo.gaussian_kl(moved, mean_ref, std, mask), kl)
 
 
@@ -139,11 +143,13 @@ def test_kl_enters_loss_with_beta_and_needs_its_inputs():
     std = torch.full((1, 1, 1, 1, 1), 0.5)
     lp = torch.zeros(2)
     loss0, stats = grpo.policy_loss(lp, lp, torch.ones(2), mean=mean, mean_ref=mean_ref, std=std)
-    assert stats["kl"].item() == pytest.approx(0.01 / (2 * 0.25), rel=1e-5)     # logged even with beta 0
+    # logged even with beta 0
+    assert stats["kl"].item() == pytest.approx(0.01 / (2 * 0.25), rel=1e-5)
     loss, _ = grpo.policy_loss(lp, lp, torch.ones(2), beta=0.004, mean=mean, mean_ref=mean_ref, std=std)
     assert (loss - loss0).item() == pytest.approx(0.004 * 0.02, abs=2e-7)   # float32 loss near -1
     loss.backward()
-    torch.testing.assert_close(mean.grad, torch.full_like(mean, 0.004 * -0.1 / 12))   # d/dmu of beta mean_b mean_24 2 (mu - mu_ref)^2
+    # d/dmu of beta mean_b mean_24 2 (mu - mu_ref)^2
+    torch.testing.assert_close(mean.grad, torch.full_like(mean, 0.004 * -0.1 / 12))
     with pytest.raises(ValueError, match="beta > 0 needs mean"):
         grpo.policy_loss(lp, lp, torch.ones(2), beta=0.1)
     with pytest.raises(ValueError, match=r"must all be \(B,\)"):

@@ -2,7 +2,7 @@
 
 Targets (issue 2): score a 49-frame 480x480 video in <= 20 ms (median), render one in <= 50 ms, and
 report generation throughput per domain and difficulty level.
-Run: python tests/bench_reward.py [--repeats 15] [--seeds 40]
+Run: python tests/scripts/bench_reward.py [--repeats 15] [--seeds 40]
 """
 import os
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import puzzles as pz  # noqa: E402
 import reward as rw  # noqa: E402
 

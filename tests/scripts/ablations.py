@@ -10,7 +10,7 @@
 Each RL run is `python train.py --config tiny --ckpt=<SFT checkpoint> --sft_steps=0 ...`; all numbers
 come from the runs' metrics.jsonl and eval_rl.json (held-out test puzzles, scored from pixels).
 Run after `python train.py --config tiny` (its SFT checkpoint and cached VAE are reused):
-  python tests/ablations.py [--run runs/tiny] [--rl_steps N] [--out runs/ablations]
+  python tests/scripts/ablations.py [--run runs/tiny] [--rl_steps N] [--out runs/ablations]
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import eval as E  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Peak host memory of load_pretrained on a synthetic sharded checkpoint of about 1 GB.
 
-python tests/bench_model_load.py [--gb 1.0] [--shards 4]
+python tests/scripts/bench_model_load.py [--gb 1.0] [--shards 4]
 
 Writes a native-layout folder (config.json, diffusion_pytorch_model-0000i-of-0000n.safetensors +
 index, tiny random Wan2.2_VAE.pth / umT5 .pth / tokenizer.json) with a DiT sized to ~GB of fp32,
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 CHILD = r"""
@@ -32,7 +32,8 @@ dit, vae, text = model.load_pretrained({ckpt!r}, dtype=getattr(torch, {dtype!r})
                                        t5_cfg=model.T5_CONFIGS["tiny"])
 load_s = time.perf_counter() - t0
 after_load = status("VmHWM")
-checksum = sum(p.float().sum().item() for p in dit.parameters())     # touch every page of every weight
+# touch every page of every weight
+checksum = sum(p.float().sum().item() for p in dit.parameters())
 print(base, after_load, status("VmHWM"), load_s, checksum)
 """
 

@@ -9,7 +9,7 @@ are kept apart from training ones by puzzles.layout_split): this measures the RL
 distribution, the test split the gain on new layouts. Each setting is compared with the SFT checkpoint
 on the same puzzles and noise (paired difference, standard error).
 Run after `python train.py --config tiny`:
-  python tests/tune_rl.py [--run runs/tiny] [--iters 30] [--n_val 512] "lr=5e-5" "lr=5e-5 puzzles_per_step=16 groups_per_update=16"
+  python tests/scripts/tune_rl.py [--run runs/tiny] [--iters 30] [--n_val 512] "lr=5e-5" "lr=5e-5 puzzles_per_step=16 groups_per_update=16"
 """
 import argparse
 import sys
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import eval as E  # noqa: E402
 import train as T  # noqa: E402
@@ -44,16 +44,17 @@ def main():
     run, device = ROOT / args.run, torch.device("cpu")
     base = T.get_config(["--config", "tiny", f"--eval_n={args.n_val}", "--gif_every=0"])
     dit, vae, text = load_sft(base, run, device)
-    sft = E.evaluate(base, dit, vae, text, device, split=VAL)
+    sft = E.evaluate_config(base, dit, vae, text, device, split=VAL)
     print(f"SFT on {args.n_val} validation mazes: SR {sft['overall']['success']:.3f}, reward {sft['overall']['reward']:.3f}")
     for setting in args.settings:
         cfg = T.get_config(["--config", "tiny", f"--eval_n={args.n_val}", "--gif_every=0"] + [f"--{kv}" for kv in setting.split()])
         dit, vae, text = load_sft(cfg, run, device)
+        run = T.Run(cfg=cfg, dit=dit, ref=dit, vae=vae, text=text, device=device)
         opt = T.make_optimizer(cfg, dit, "rl")
         t0 = time.time()
         for it in range(args.iters):
-            T.rl_step(cfg, it, dit, dit, vae, text, opt, device, 0, 1)
-        res = E.evaluate(cfg, dit, vae, text, device, split=VAL)
+            T.rl_step(run, it, opt)
+        res = E.evaluate_config(cfg, dit, vae, text, device, split=VAL)
         d = E.paired_difference(sft, res)
         print(f"{setting}: {args.iters} RL iterations in {time.time() - t0:.0f}s; validation SR {res['overall']['success']:.3f} "
               f"(vs SFT {100 * d['success']:+.1f} ± {100 * d['success_se']:.1f} points), reward {res['overall']['reward']:.3f} "

@@ -1,6 +1,6 @@
 """Tiny-DiT (DIT_CONFIGS['tiny']) forward and forward+backward times at a few token counts.
 
-python tests/bench_dit.py [--repeats 5] [--threads N]
+python tests/scripts/bench_dit.py [--repeats 5] [--threads N]
 
 Latent grids (F, 8, 8) are what a 128x128 px video of 4F-3 frames becomes (VAE 4x16x16, DiT patch
 1x2x2 -> 16 tokens per latent frame). Times: median and min over --repeats runs after one warm-up,
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import model  # noqa: E402
 
 

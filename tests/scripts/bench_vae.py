@@ -1,6 +1,6 @@
 """Tiny-VAE decode memory and time vs the number of frames, and encode+decode times for planning.
 
-python tests/bench_vae.py [--size 128] [--repeats 3] [--threads N]
+python tests/scripts/bench_vae.py [--size 128] [--repeats 3] [--threads N]
 
 Each measurement runs in a fresh subprocess so that VmHWM (peak resident memory, /proc/self/status)
 belongs to it alone; "peak above baseline" subtracts the resident memory measured just before the
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import sys, time, statistics, torch

@@ -1,12 +1,12 @@
 """Early-Step Focus vs full-step: RL iteration time on the tiny config, same seeds, one run.
 
-Runs train.rl_step (rollout -> decode -> reward -> advantages -> update) with SDE + backprop on the
+Runs train.rl_rollout and train.rl_update (rollout -> decode -> reward -> advantages -> update) with SDE + backprop on the
 first K = N/2 steps and on all K = N steps, alternating so both see the same machine load, and
 prints the median time per phase. VideoRLVR reports about 40% less training time for Early-Step
 Focus. Timings do not depend on the weights, so a random tiny model is used (no warm-up needed);
 its rewards are all 0, so the update is given random non-zero advantages (every group kept, the
 update's full cost) instead of the filtered group advantages rl_step would compute.
-Run: python tests/bench_rl_step.py [--iters 6] [--threads 2]
+Run: python tests/scripts/bench_rl_step.py [--iters 6] [--threads 2]
 """
 import argparse
 import sys
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import model as M  # noqa: E402
 import train as T  # noqa: E402
 
@@ -32,9 +32,11 @@ def main():
     torch.manual_seed(0)
     dit, vae, text = M.WanModel(M.DIT_CONFIGS["tiny"]), M.WanVAE(M.VAE_CONFIGS["tiny"]), None
     text = M.TextEncoder(M.T5Encoder(M.T5_CONFIGS["tiny"]).eval(), dit.cfg.text_len)
-    for p in dit.head.parameters():                  # a non-zero head: the update has gradients to apply
+    # a non-zero head: the update has gradients to apply
+    for p in dit.head.parameters():
         torch.nn.init.normal_(p, std=0.02)
     T.channels_last(vae.requires_grad_(False).eval())
+    run = T.Run(cfg=cfg, dit=dit, ref=dit, vae=vae, text=text, device=device)
     opt = torch.optim.AdamW(dit.parameters(), lr=0.0)  # lr 0: both settings time the same weights
     n = cfg.num_steps
     print(f"tiny config: {cfg.frames}x{cfg.height}x{cfg.width} video, N={n} steps, {cfg.puzzles_per_step} puzzles x "
@@ -45,13 +47,15 @@ def main():
         for k in times:
             cfg.sde_steps = k
             t0 = time.perf_counter()
-            batch, mine, traj, _, _, timing = T.rl_rollout(cfg, it, dit, vae, text, device, 0, 1)
-            adv = torch.randn(len(mine), generator=torch.Generator().manual_seed(it)).tolist()
+            rollout = T.rl_rollout(run, it)
+            adv = torch.randn(len(rollout.mine), generator=torch.Generator().manual_seed(it)).tolist()
             t1 = time.perf_counter()
-            T.rl_update(cfg, dit, dit, text, batch, mine, traj, adv, opt, device, 1)
+            T.rl_update(run, rollout, adv, opt)
+            timing = rollout.timing
             timing["update"] = time.perf_counter() - t1
             total = time.perf_counter() - t0
-            if it:                                        # iteration 0 warms up allocators and kernels
+            # iteration 0 warms up allocators and kernels
+            if it:
                 times[k].append({"total": total} | timing)
     med = {k: {p: float(np.median([t[p] for t in v])) for p in v[0]} for k, v in times.items()}
     for k, m in med.items():
