@@ -125,6 +125,7 @@ class TrainConfig:
     n_gpus: int = 8
     gpu_tflops: float = 989.0      # dense bf16 peak per GPU (H100 SXM)
     mfu: float = 0.35              # assumed model-FLOPs utilization
+    gpu_mem_gb: float = 80.0       # memory per GPU (decimal GB) the dry run checks the estimate against
 
 
 CONFIGS = {  # each entry is a complete, runnable run; values override the TrainConfig defaults
@@ -790,6 +791,120 @@ def load_weights(ckpt, dit, vae, text):
 # -----------------------------------------------------------------------------
 # --dry_run: what a configuration costs at full scale, from the real modules on the meta device
 
+class _FlashAttentionSaves(torch.autograd.Function):
+    """Counting only (meta tensors): what a fused attention kernel (FlashAttention on a GPU, torch's
+    flash kernel on CPU) keeps for backward: q, k, v, the output and a float32 log-sum-exp per query.
+    The meta device falls back to the math attention, which would store the (S, S) probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)                                            # (B, N, S, D)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+
+def saved_block_bytes(dcfg, tokens, grid):
+    """Bytes one DiT block keeps for backward per video (bf16 weights, FSDP's gathered dtype), counted on
+    the meta device with saved-tensor hooks: distinct storages, not parameters, not the inputs every
+    block shares (the per-token modulation e0, the text, RoPE tables)."""
+    from unittest import mock
+    with torch.device("meta"):
+        block = M.WanAttentionBlock(dcfg).to(torch.bfloat16)
+        x = torch.empty(1, tokens, dcfg.dim, requires_grad=True)                     # (1, S, C) fp32 stream
+        e0 = torch.empty(1, tokens, 6, dcfg.dim, requires_grad=True)                 # (1, S, 6, C) fp32
+        ctx = torch.empty(1, dcfg.text_len, dcfg.dim, dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = M.rope_cos_sin(grid, dcfg.dim // dcfg.num_heads, tokens, torch.device("meta"))
+    shared = {t.untyped_storage()._cdata for t in (*block.parameters(), e0, ctx, cos, sin)}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st._cdata not in shared:
+            seen[st._cdata] = st.nbytes()
+        return t
+    flash = lambda q, k, v, attn_mask=None: _FlashAttentionSaves.apply(q, k, v)  # noqa: E731
+    with mock.patch.object(nn.functional, "scaled_dot_product_attention", flash), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x, e0, ctx, cos, sin, None)
+    return sum(seen.values())
+
+
+# The 5B VAE decoder streams 4 video frames per latent frame; its working set per output pixel of one
+# video, measured by tests/scripts/bench_memory.py (README, "The memory model, measured").
+VAE_DECODE_BYTES_PER_PIXEL = 7000
+
+
+def memory_model(cfg, n_gpus):
+    """Bytes per GPU of an RL run of cfg on n_gpus, by component (printed by --dry_run):
+    weights   fp32 trained weights and frozen ones (the LoRA base, or the reference copy for beta > 0),
+              sharded by FSDP; + the bf16 copies compute uses: under FSDP two gathered blocks (one
+              prefetched), on one GPU autocast's cache of every trained weight's bf16 cast (kept for the
+              forward's duration) or, for frozen weights, a block's casts
+    gradients fp32, sharded; optimizer: AdamW's two fp32 moments, sharded
+    activations micro_batch videos x (checkpointing: every block's fp32 input + one block recomputed
+              and backpropagated; else every block's saved tensors + one block's backward), counted on
+              the meta device (saved_block_bytes), + the shared per-token modulation and its gradient
+    vae       fp32 weights + the decode working set of 4 videos (decode_videos' batch)
+    text      the umT5 encoder in bf16: build_models keeps it on the device
+    trajectories the stored SDE-step latents of this GPU's rollouts, fp32.
+    Peak = everything persistent + the larger of the update's (activations + gradients) and the decode."""
+    dcfg, vcfg, tcfg = M.DIT_CONFIGS[cfg.model], M.VAE_CONFIGS[cfg.model], M.T5_CONFIGS[cfg.model]
+    with torch.device("meta"):
+        dit, vae, t5 = M.WanModel(dcfg), M.WanVAE(vcfg), M.T5Encoder(tcfg)
+    n_dit = sum(p.numel() for p in dit.parameters())
+    block = sum(p.numel() for p in dit.blocks[0].parameters())
+    n_lora = add_lora(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) and sum(
+        p.numel() for n, p in dit.named_parameters() if ".lora_" in n) if cfg.lora_rank else 0
+    n_train = n_lora or n_dit
+    frozen = n_dit if cfg.lora_rank or cfg.beta > 0 else 0
+    lat = latent_shape(cfg, vcfg.z_dim)
+    pt, ph, pw = dcfg.patch_size
+    grid = (lat[1] // pt, lat[2] // ph, lat[3] // pw)
+    tokens = math.prod(grid)
+    if n_gpus > 1:
+        compute_copies = 2 * 2 * block
+    else:
+        compute_copies = 2 * n_train + (2 * block if frozen else 0)
+    weights = (n_train + frozen) * 4 / n_gpus + compute_copies
+    saved = saved_block_bytes(dcfg, tokens, grid)
+    if n_gpus == 1:
+        saved += 2 * block                          # autocast's bf16 weight casts, kept for backward
+    x_bytes = tokens * dcfg.dim * 4                 # a block's input: the fp32 residual stream
+    # the backward of one block: what it saved + its bf16 weight gradients (measured 0.95x of this at 5B:
+    # saved tensors are freed as the gradients appear; bench_memory.py)
+    block_peak = saved + 2 * block
+    shared = 2 * tokens * 6 * dcfg.dim * 4          # e0 (1, S, 6, C) fp32 and its gradient
+    if cfg.grad_checkpointing:
+        per_video = dcfg.num_layers * x_bytes + block_peak + shared
+    else:
+        per_video = (dcfg.num_layers - 1) * saved + block_peak + shared
+    per_video_decode = VAE_DECODE_BYTES_PER_PIXEL * cfg.height * cfg.width + 2 * 3 * cfg.frames * cfg.height * cfg.width * 4
+    videos = cfg.puzzles_per_step * cfg.group_size / n_gpus
+    mem = dict(weights=weights, gradients=n_train * 4 / n_gpus, optimizer=n_train * 8 / n_gpus,
+               activations=cfg.micro_batch * per_video,
+               trajectories=videos * cfg.sde_steps * 2 * math.prod(lat) * 4,
+               vae=sum(p.numel() for p in vae.parameters()) * 4,
+               vae_decode=min(4, math.ceil(videos)) * per_video_decode,
+               text=sum(p.numel() for p in t5.parameters()) * 2)
+    persistent = mem["weights"] + mem["optimizer"] + mem["trajectories"] + mem["vae"] + mem["text"]
+    mem["total"] = persistent + max(mem["activations"] + mem["gradients"], mem["vae_decode"])
+    mem["per_block"] = dict(saved=saved, peak=block_peak, saved_ckpt=x_bytes, peak_ckpt=x_bytes + block_peak,
+                            vae_decode_one=VAE_DECODE_BYTES_PER_PIXEL * cfg.height * cfg.width)
+    return mem
+
+
+def print_memory(cfg, mem):
+    """The memory_model breakdown as one line per GPU, and whether it fits cfg.gpu_mem_gb."""
+    GB = 1024 ** 3
+    where = f"FSDP over {cfg.n_gpus} GPUs" if cfg.n_gpus > 1 else "one GPU, no FSDP"
+    parts = ", ".join(f"{k} {mem[k] / GB:.1f}" for k in ("weights", "gradients", "optimizer", "activations",
+                                                          "trajectories", "vae", "vae_decode", "text"))
+    verdict = "fits" if mem["total"] <= cfg.gpu_mem_gb * 1e9 * 0.95 else "does NOT fit"
+    print(f"memory per GPU ({where}; micro-batch {cfg.micro_batch}, checkpointing "
+          f"{'on' if cfg.grad_checkpointing else 'off'}), GB: {parts}; peak ~{mem['total'] / GB:.0f} GB: "
+          f"{verdict} a {cfg.gpu_mem_gb:.0f} GB GPU (95% usable)")
+
+
 def dry_run(cfg):
     """Parameter counts, tokens per video, FLOPs per RL iteration (rollout vs update, counted by
     torch.utils.flop_counter on meta tensors: no weights), time per iteration at the assumed utilization,
@@ -826,18 +941,7 @@ def dry_run(cfg):
         return videos * (cfg.num_steps * n_cfg * f_dit + f_dec) + cfg.puzzles_per_step * f_img, videos * k * per_step_update
     peak = cfg.n_gpus * cfg.gpu_tflops * 1e12 * cfg.mfu
     GB = 1024 ** 3
-    # memory per GPU (estimate): FSDP shards fp32 master weights, gradients and AdamW moments of the
-    # trained parameters; frozen DiT weights (LoRA base, or the reference copy) are sharded too; one
-    # block's bf16 weights are gathered at a time (x2 with prefetch); the VAE (fp32) and the cached
-    # text embeddings sit on every GPU, the umT5 encoder does not (offloaded after caching prompts).
-    frozen = n_dit if cfg.lora_rank or cfg.beta > 0 else 0
-    block = sum(p.numel() for p in dit.blocks[0].parameters())
-    weights = (n_train * (4 + 4 + 8) + frozen * 4) / cfg.n_gpus + 2 * 2 * block
-    act_per_video = (dcfg.num_layers * tokens * dcfg.dim * 4 + tokens * (10 * dcfg.dim + 2 * dcfg.ffn_dim) * 2
-                     if cfg.grad_checkpointing else dcfg.num_layers * tokens * (14 * dcfg.dim + 3 * dcfg.ffn_dim) * 2)
-    traj = videos / cfg.n_gpus * cfg.sde_steps * 2 * math.prod(lat) * 4
-    vae_mem = sum(p.numel() for p in vae.parameters()) * 4
-    mem = weights + cfg.micro_batch * act_per_video + traj + vae_mem
+    mem = memory_model(cfg, cfg.n_gpus)
     print(f"config {cfg.config}: model {cfg.model}, {cfg.frames}x{cfg.height}x{cfg.width} video, "
           f"latent {tuple(lat[1:])}, {tokens:,} tokens per video")
     print(f"parameters: DiT {n_dit:,}, VAE {sum(p.numel() for p in vae.parameters()):,}, umT5 "
@@ -854,11 +958,9 @@ def dry_run(cfg):
               f"{(ro + up) / peak:7.1f} s per iteration")
     print(f"  Early-Step Focus saves {1 - rows[0][4] / rows[1][4]:.0%} of the time per iteration "
           f"(paper: about 40% less training time)")
-    print(f"memory per GPU (estimate, FSDP over {cfg.n_gpus}): weights/grads/optimizer {weights / GB:.1f} GB, "
-          f"activations {cfg.micro_batch * act_per_video / GB:.1f} GB (micro-batch {cfg.micro_batch}, "
-          f"checkpointing {'on' if cfg.grad_checkpointing else 'off'}), trajectories {traj / GB:.1f} GB, "
-          f"VAE {vae_mem / GB:.1f} GB: total ~{mem / GB:.0f} GB")
-    return dict(tokens=tokens, n_dit=n_dit, n_train=n_train, f_dit=f_dit, f_dec=f_dec, rows=rows, mem_gb=mem / GB)
+    print_memory(cfg, mem)
+    return dict(tokens=tokens, n_dit=n_dit, n_train=n_train, f_dit=f_dit, f_dec=f_dec, rows=rows, mem_gb=mem["total"] / GB,
+                memory=mem)
 
 
 # -----------------------------------------------------------------------------
