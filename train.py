@@ -161,6 +161,12 @@ CONFIGS = {  # each entry is a complete, runnable run; values override the Train
         micro_batch=1, eval_n=300, eval_steps=50, eval_shift=3.0, save_every=100),
 }
 
+# One GPU, no FSDP (README "Full scale on one GPU"; memory from --dry_run's memory_model, measured per
+# block and for the VAE decoder by tests/scripts/bench_memory.py): LoRA on one 80 GB GPU (~55 GiB), and
+# full fine-tuning on one 141 GB H200 (~101 GiB: fp32 weights, gradients, AdamW and autocast's bf16
+# copies are 84 GiB of it). Same recipe as the 8-GPU presets; an RL iteration takes ~8x as long.
+CONFIGS["5b_lora_1gpu"] = dict(CONFIGS["5b_lora"], out_dir="runs/5b_lora_1gpu", n_gpus=1, gpu_mem_gb=80.0)
+CONFIGS["5b_1gpu"] = dict(CONFIGS["5b"], out_dir="runs/5b_1gpu", n_gpus=1, gpu_mem_gb=141.0)
 
 def get_config(argv, base=None):
     """--config NAME picks a preset (or `base`, a saved config dict, e.g. a checkpoint's), then
@@ -829,9 +835,11 @@ def saved_block_bytes(dcfg, tokens, grid):
     return sum(seen.values())
 
 
-# The 5B VAE decoder streams 4 video frames per latent frame; its working set per output pixel of one
-# video, measured by tests/scripts/bench_memory.py (README, "The memory model, measured").
-VAE_DECODE_BYTES_PER_PIXEL = 7000
+# The 5B VAE decoder streams 4 video frames per latent frame, so its working set grows with the frame
+# area, not the clip length: 22,900 bytes per pixel of one video (fp32), measured on 5-frame clips at
+# 128x128 and 192x192 and extrapolated to 480x480 (5.3 GB; tests/scripts/bench_memory.py, README
+# "The memory model, measured"). decode_videos decodes 4 videos per call.
+VAE_DECODE_BYTES_PER_PIXEL = 22900
 
 
 def memory_model(cfg, n_gpus):
@@ -895,13 +903,13 @@ def memory_model(cfg, n_gpus):
 
 def print_memory(cfg, mem):
     """The memory_model breakdown as one line per GPU, and whether it fits cfg.gpu_mem_gb."""
-    GB = 1024 ** 3
+    GiB = 1024 ** 3
     where = f"FSDP over {cfg.n_gpus} GPUs" if cfg.n_gpus > 1 else "one GPU, no FSDP"
-    parts = ", ".join(f"{k} {mem[k] / GB:.1f}" for k in ("weights", "gradients", "optimizer", "activations",
+    parts = ", ".join(f"{k} {mem[k] / GiB:.1f}" for k in ("weights", "gradients", "optimizer", "activations",
                                                           "trajectories", "vae", "vae_decode", "text"))
     verdict = "fits" if mem["total"] <= cfg.gpu_mem_gb * 1e9 * 0.95 else "does NOT fit"
     print(f"memory per GPU ({where}; micro-batch {cfg.micro_batch}, checkpointing "
-          f"{'on' if cfg.grad_checkpointing else 'off'}), GB: {parts}; peak ~{mem['total'] / GB:.0f} GB: "
+          f"{'on' if cfg.grad_checkpointing else 'off'}), GiB: {parts}; peak ~{mem['total'] / GiB:.0f} GiB: "
           f"{verdict} a {cfg.gpu_mem_gb:.0f} GB GPU (95% usable)")
 
 

@@ -129,7 +129,31 @@ def measure_vae(size):
                 output=video.numel() * 4, seconds=round(time.time() - t0, 1))
 
 
+def measure_stack():
+    """Resident memory after the forward of 1..4 checkpointed blocks (dim 1024, 2,925 tokens): the
+    per-block growth is what checkpointing keeps per block (its fp32 output), separated from the
+    one-time cost of a first forward (thread pools, kernels) that a single-block run includes."""
+    cfg = M.DiTConfig(dim=1024, ffn_dim=4096, num_heads=8, num_layers=4)
+    S = 13 * 15 * 15
+    torch.manual_seed(0)
+    blocks = [M.WanAttentionBlock(cfg).to(torch.bfloat16) for _ in range(4)]
+    x = torch.randn(1, S, cfg.dim, requires_grad=True)
+    e0 = (0.1 * torch.randn(1, S, 6, cfg.dim)).requires_grad_()
+    ctx = torch.randn(1, cfg.text_len, cfg.dim, dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = M.rope_cos_sin((13, 15, 15), cfg.dim // cfg.num_heads, S, torch.device("cpu"))
+    base, after = rss()[0], []
+    with Bf16MatmulInFp32():
+        h = x
+        for b in blocks:
+            h = torch.utils.checkpoint.checkpoint(b, h, e0, ctx, cos, sin, None, use_reentrant=False)
+            after.append(rss()[0] - base)
+    return dict(what="stack", after_each_block=after, per_block=(after[-1] - after[0]) / 3,
+                block_input=S * cfg.dim * 4)
+
+
 def child(what):
+    if what == "stack":
+        return measure_stack()
     if what in ("block", "block_ckpt"):
         return measure_block(what == "block_ckpt")
     return measure_vae(int(what.split("_")[1]))
@@ -146,7 +170,8 @@ def run_child(what, threads):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="block,block_ckpt,vae_128,vae_192")
+    ap.add_argument("--only", default="block,block_ckpt,stack,vae_128,vae_192")
+    ap.add_argument("--load", default="", help="print the comparison for a --json file of measurements")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--child", default="")
     ap.add_argument("--json", default="", help="also write the measurements here")
@@ -154,6 +179,9 @@ def main():
     if args.child:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         print(json.dumps(child(args.child)))
+        return
+    if args.load:
+        report(json.loads(Path(args.load).read_text()))
         return
     res = {}
     for what in args.only.split(","):
@@ -165,21 +193,37 @@ def main():
 
 
 def report(res):
-    """Print measured vs predicted (train.memory_model: the dry run's numbers) for what was measured."""
+    """Print measured vs predicted: the dry run's memory model now (train.memory_model, bf16 weights as
+    FSDP2 gathers them) and before this measurement (its former per-token guesses, kept here to compare:
+    (14 C + 3 ffn) bf16 values per token saved per block, (10 C + 2 ffn) for a checkpointed block's
+    recompute, and no VAE decode term)."""
     cfg = T.get_config(["--config", "5b"])
-    pred = T.memory_model(cfg, 1)["per_block"]
-    print(f"\n{'component':48s} {'measured':>10s} {'dry run':>10s} {'ratio':>6s}")
+    pred = T.memory_model(cfg, 8)["per_block"]
+    d, S = M.DIT_CONFIGS["5b"], 13 * 15 * 15
+    old = dict(saved=S * (14 * d.dim + 3 * d.ffn_dim) * 2, saved_ckpt=S * d.dim * 4,
+               peak_ckpt=S * d.dim * 4 + S * (10 * d.dim + 2 * d.ffn_dim) * 2)
+    print(f"\n{'one 5B block, 2,925 tokens, bf16':48s} {'measured':>10s} {'dry run':>10s} {'ratio':>6s} "
+          f"{'before':>10s} {'ratio':>6s}")
 
-    def row(name, measured, predicted):
-        print(f"{name:48s} {measured / MiB:8.0f} MiB {predicted / MiB:8.0f} MiB {measured / predicted:6.2f}")
+    def row(name, measured, key, predicted=None):
+        p = pred[key] if predicted is None else predicted
+        line = f"{name:48s} {measured / MiB:6.0f} MiB {p / MiB:6.0f} MiB {measured / p:6.2f}"
+        if key in old:
+            line += f" {old[key] / MiB:6.0f} MiB {measured / old[key]:6.2f}"
+        print(line)
     if "block" in res:
         r = res["block"]
-        row("block saved activations (no checkpointing)", r["saved_after_forward"], pred["saved"])
-        row("block forward+backward peak (no checkpointing)", r["peak"], pred["peak"])
+        row("saved for backward (no checkpointing)", r["saved_after_forward"], "saved")
+        row("forward+backward peak (no checkpointing)", r["peak"], "peak")
     if "block_ckpt" in res:
         r = res["block_ckpt"]
-        row("block saved with checkpointing (its input)", r["saved_after_forward"], pred["saved_ckpt"])
-        row("block forward+backward peak (checkpointing)", r["peak"], pred["peak_ckpt"])
+        row("kept after forward, checkpointed (single run)", r["saved_after_forward"], "saved_ckpt")
+        row("forward+backward peak (checkpointing)", r["peak"], "peak_ckpt")
+    if "stack" in res:
+        r = res["stack"]
+        print(f"checkpointed stack (dim 1024): resident after each block {[round(a / MiB) for a in r['after_each_block']]}"
+              f" MiB: {r['per_block'] / MiB:.1f} MiB per block vs its fp32 input {r['block_input'] / MiB:.1f} MiB "
+              f"({r['per_block'] / r['block_input']:.2f}x); the rest of a single run is a one-time cost")
     sizes = sorted(int(k.split("_")[1]) for k in res if k.startswith("vae_"))
     if len(sizes) >= 2:
         (a, pa), (b, pb) = [(s * s, res[f"vae_{s}"]["peak"]) for s in sizes[:2]]
@@ -188,9 +232,9 @@ def report(res):
         for s in sizes:
             print(f"VAE decode, 5 frames at {s}x{s}: peak {res[f'vae_{s}']['peak'] / MiB:.0f} MiB "
                   f"({res[f'vae_{s}']['seconds']} s)")
-        row("VAE decode working set at 480x480 (extrapolated)", at480, pred["vae_decode_one"])
-        print(f"  = {pa / MiB:.0f} MiB + {slope:.0f} B per pixel x (pixels - {a}); the dry run uses "
-              f"{T.VAE_DECODE_BYTES_PER_PIXEL} B per pixel per video")
+        print(f"VAE decode working set at 480x480, one video: {at480 / MiB:.0f} MiB extrapolated "
+              f"({pa / MiB:.0f} MiB + {slope:.0f} B per pixel beyond {a}); dry run {pred['vae_decode_one'] / MiB:.0f} MiB "
+              f"({T.VAE_DECODE_BYTES_PER_PIXEL} B per pixel), before: not modelled (0)")
 
 
 if __name__ == "__main__":
