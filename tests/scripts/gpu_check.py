@@ -211,14 +211,14 @@ def print_table(res):
           f"{tuple(res['shapes']['latent'])}, {res['shapes']['tokens']:,} tokens, DiT {res['shapes']['dit_params']:,} "
           f"parameters, bf16 peak {res['peak_tflops']:.0f} TFLOP/s, dry run assumes MFU {res['dry_run_mfu']:.0%}")
     print(f"{'':14s} {'time s':>9s} {'dry run s':>9s} {'ratio':>6s} {'TFLOP/s':>8s} {'MFU':>6s} "
-          f"{'peak GB':>8s} {'dry run GB':>10s} {'ratio':>6s}")
+          f"{'peak GiB':>8s} {'dryrun GiB':>10s} {'ratio':>6s}")
     for key, r in res["rows"].items():
-        cells = [f"{key:14s}", f"{r['seconds']:9.3f}"]
+        cells = [f"{key:14s}", f"{r['seconds']:9.3g}"]
         ps, pm = r.get("pred_seconds"), r.get("pred_peak")
-        cells += [f"{ps:9.3f}", f"{r['seconds'] / ps:6.2f}"] if ps else [f"{'':9s}", f"{'':6s}"]
-        cells += [f"{r['tflops_per_s']:8.2f}", f"{r['mfu']:6.1%}"] if "flops" in r else [f"{'':8s}", f"{'':6s}"]
-        cells += [f"{r['peak'] / GB:8.2f}"] if "peak" in r else [f"{'':8s}"]
-        cells += [f"{pm / GB:10.2f}", f"{r['peak'] / pm:6.2f}"] if pm and "peak" in r else []
+        cells += [f"{ps:9.3g}", f"{r['seconds'] / ps:6.3g}"] if ps else [f"{'':9s}", f"{'':6s}"]
+        cells += [f"{r['tflops_per_s']:8.3g}", f"{r['mfu']:6.1%}"] if "flops" in r else [f"{'':8s}", f"{'':6s}"]
+        cells += [f"{r['peak'] / GB:8.3g}"] if "peak" in r else [f"{'':8s}"]
+        cells += [f"{pm / GB:10.3g}", f"{r['peak'] / pm:6.3g}"] if pm and "peak" in r else []
         print(" ".join(cells))
     print(f"on-policy parity of the first update (clip range {res['clip_range']:g}):")
     for p in res["parity"]:
