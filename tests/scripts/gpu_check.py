@@ -3,23 +3,29 @@
     python tests/scripts/gpu_check.py [--json gpu_check.json]     # one GPU, under 8 minutes
     python tests/scripts/gpu_check.py --small                     # the same code, tiny shapes, CPU
 
-Wan2.2-TI2V-5B shapes (model.py "5b" presets), 480x480x49 videos = 2,925 tokens, fp32 weights under bf16
-autocast with the official fp32 islands (train.py's single-GPU path). It measures:
+Wan2.2-TI2V-5B shapes (model.py "5b" presets), 480x480x49 videos = 2,925 tokens, fp32 weights under
+bf16 autocast with the official fp32 islands (train.py's single-GPU path). It measures:
   dit_forward      one no-grad DiT forward (a rollout step)
-  dit_fwd_bwd      forward + backward with gradient checkpointing (an update step); model FLOPs = 3 x
+  dit_fwd_bwd      forward + backward with gradient checkpointing (an update step); model FLOPs = 3
+  x
                    forward (the recomputed forward is not counted, the usual MFU convention)
   vae_decode       one 49-frame VAE decode; text_encode: the umT5 encoder on one prompt
-  rl_*             one complete RL iteration of the `5b` preset at a reduced group (--puzzles x --group):
-                   rollout with the Early-Step-Focus SDE window, decode, reward, update (random non-zero
-                   advantages: random weights earn reward 0, and the update's full cost is what is timed)
-  parity           the first update's importance ratio exp(logp_update - logp_rollout) per denoising step:
-                   mean, max |ratio - 1| and clip fraction. On-policy it must be 1: the ratio then only
-                   measures how differently the rollout and the update computed the same velocity.
+  rl_*             one complete RL iteration of the `5b` preset at a reduced group (--puzzles x
+  --group):
+                   rollout with the Early-Step-Focus SDE window, decode, reward, update (random
+                   non-zero advantages: random weights earn reward 0, and the update's full cost is
+                   what is timed)
+  parity           the first update's importance ratio exp(logp_update - logp_rollout) per denoising
+  step:
+                   mean, max |ratio - 1| and clip fraction. On-policy it must be 1: the ratio then
+                   only measures how differently the rollout and the update computed the same
+                   velocity.
 Each timed row stands next to train.py --dry_run's prediction for the same setting (time at the dry
-run's assumed MFU, memory from its memory model) and the measured / predicted ratio. Prints one table,
-writes it as JSON. --small runs all of it on CPU at the tiny shapes (tests/test_gpu_check.py), where
-TFLOP/s and MFU are printed but mean nothing.
+run's assumed MFU, memory from its memory model) and the measured / predicted ratio. Prints one
+table, writes it as JSON. --small runs all of it on CPU at the tiny shapes
+(tests/test_gpu_check.py), where TFLOP/s and MFU are printed but mean nothing.
 """
+
 import argparse
 import contextlib
 import io
@@ -38,8 +44,16 @@ import model as M  # noqa: E402
 from bench_memory import reset_peak, rss  # noqa: E402
 
 # dense bf16 peak per GPU, TFLOP/s (vendor datasheets, without sparsity)
-BF16_PEAK = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
-             "B200": 2250.0, "GH200": 989.0}
+BF16_PEAK = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "B200": 2250.0,
+    "GH200": 989.0,
+}
 
 
 def train_py_api():
@@ -48,11 +62,32 @@ def train_py_api():
     import train as T
 
     def config(small, puzzles, group):
-        base = (["--config", "tiny", "--num_steps=4", "--sde_steps=2", "--frames=5", "--height=64", "--width=64"]
-                if small else ["--config", "5b"])
-        cfg = T.get_config(base + [f"--puzzles_per_step={puzzles}", f"--group_size={group}",
-                                   f"--groups_per_update={puzzles}", "--micro_batch=1", "--gif_every=0",
-                                   "--n_gpus=1", "--grad_checkpointing", "--beta=0.0"])
+        base = (
+            [
+                "--config",
+                "tiny",
+                "--num_steps=4",
+                "--sde_steps=2",
+                "--frames=5",
+                "--height=64",
+                "--width=64",
+            ]
+            if small
+            else ["--config", "5b"]
+        )
+        cfg = T.get_config(
+            base
+            + [
+                f"--puzzles_per_step={puzzles}",
+                f"--group_size={group}",
+                f"--groups_per_update={puzzles}",
+                "--micro_batch=1",
+                "--gif_every=0",
+                "--n_gpus=1",
+                "--grad_checkpointing",
+                "--beta=0.0",
+            ]
+        )
         return cfg, T.latent_shape(cfg, M.VAE_CONFIGS[cfg.model].z_dim)
 
     def predictions(cfg):
@@ -61,16 +96,20 @@ def train_py_api():
         return dry
 
     def rl_iteration(cfg, dit, vae, text, device, seed=0):
-        """rollout -> decode -> reward -> random advantages -> update, with bf16 autocast exactly where
-        train.py puts it (the DiT calls; train.autocast is a no-op on CPU, so it is switched on here).
-        -> (phase times, the first update's per-call stats, K, rewards)."""
+        """rollout -> decode -> reward -> random advantages -> update, with bf16 autocast exactly
+        where train.py puts it (the DiT calls; train.autocast is a no-op on CPU, so it is switched
+        on here). -> (phase times, the first update's per-call stats, K, rewards)."""
         opt = T.make_optimizer(cfg, dit, "rl")
         fp32_autocast, T.autocast = T.autocast, bf16
         try:
-            batch, mine, traj, _, scores, timing = T.rl_rollout(cfg, 0, dit, vae, text, device, 0, 1)
+            batch, mine, traj, _, scores, timing = T.rl_rollout(
+                cfg, 0, dit, vae, text, device, 0, 1
+            )
             adv = torch.randn(len(mine), generator=torch.Generator().manual_seed(seed))
             t0 = time.perf_counter()
-            updates = T.rl_update(cfg, dit, dit, text, batch, mine, traj, adv.tolist(), opt, device, 1)
+            updates = T.rl_update(
+                cfg, dit, dit, text, batch, mine, traj, adv.tolist(), opt, device, 1
+            )
             sync(device)
             timing["update"] = time.perf_counter() - t0
         finally:
@@ -87,7 +126,8 @@ def sync(device):
 
 @contextlib.contextmanager
 def peak_memory(device, out):
-    """out['peak'] = peak bytes allocated (CUDA) or resident (CPU) above the start, during the block."""
+    """out['peak'] = peak bytes allocated (CUDA) or resident (CPU) above the start, during the
+    block; out['seconds'] = its wall time."""
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -108,15 +148,16 @@ def peak_memory(device, out):
 
 
 def build(cfg, device):
-    """Random models at cfg's shapes, built straight on the device (fast init, no host copy). The DiT
-    head is zero-initialised officially (v = 0, no gradient below it): give it small random weights."""
+    """Random models at cfg's shapes, built straight on the device (fast init, no host copy). The
+    DiT head is zero-initialised officially (v = 0, no gradient below it): give it small random
+    weights."""
     with torch.device(device):
         torch.manual_seed(0)
         dit = M.WanModel(M.DIT_CONFIGS[cfg.model])
         torch.nn.init.normal_(dit.head.head.weight, std=0.02)
         vae = M.WanVAE(M.VAE_CONFIGS[cfg.model]).eval().requires_grad_(False)
         t5 = M.T5Encoder(M.T5_CONFIGS[cfg.model]).eval().requires_grad_(False)
-    t5 = t5.to(torch.bfloat16) if device.type == "cuda" else t5            # umT5 ships in bf16
+    t5 = t5.to(torch.bfloat16) if device.type == "cuda" else t5  # umT5 ships in bf16
     dit.gradient_checkpointing = cfg.grad_checkpointing
     return dit, vae, M.TextEncoder(t5, dit.cfg.text_len)
 
@@ -138,6 +179,7 @@ def time_dit(dit, lat, device, grad, out):
             v = dit(x, t, ctx)
             if grad:
                 v.square().mean().backward()
+
     call()
     dit.zero_grad(set_to_none=True)
     with peak_memory(device, out):
@@ -150,7 +192,9 @@ def main(argv=None):
     ap.add_argument("--small", action="store_true", help="tiny shapes on CPU (the test)")
     ap.add_argument("--puzzles", type=int, default=1)
     ap.add_argument("--group", type=int, default=2, help="rollouts per puzzle in the RL iteration")
-    ap.add_argument("--peak_tflops", type=float, default=0.0, help="bf16 peak; 0 = from the GPU's name")
+    ap.add_argument(
+        "--peak_tflops", type=float, default=0.0, help="bf16 peak; 0 = from the GPU's name"
+    )
     ap.add_argument("--json", default="gpu_check.json")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.small or not torch.cuda.is_available() else "cuda")
@@ -164,17 +208,25 @@ def main(argv=None):
     dit, vae, text = build(cfg, device)
     n_dit = sum(p.numel() for p in dit.parameters())
     f = dry["f_dit"]
-    assumed = cfg.gpu_tflops * 1e12 * cfg.mfu                              # the dry run's FLOP/s
-    # the DiT alone: fp32 weights; forward + backward adds fp32 gradients, autocast's bf16 weight copies
-    # and the checkpointed activations (memory_model's terms for one GPU, micro-batch 1)
-    for key, grad, flops, pred_mem in (("dit_forward", False, f, 0.0),
-                                       ("dit_fwd_bwd", True, 3 * f, mem["gradients"] + 2 * n_dit + mem["activations"])):
-        rows[key] = dict(flops=flops, pred_seconds=(flops + f * (grad and cfg.grad_checkpointing)) / assumed,
-                         pred_peak=pred_mem or None)
+    assumed = cfg.gpu_tflops * 1e12 * cfg.mfu  # the dry run's FLOP/s
+    # the DiT alone: fp32 weights; forward + backward adds fp32 gradients, autocast's bf16 weight
+    # copies and the checkpointed activations (memory_model's terms for one GPU, micro-batch 1)
+    for key, grad, flops, pred_mem in (
+        ("dit_forward", False, f, 0.0),
+        ("dit_fwd_bwd", True, 3 * f, mem["gradients"] + 2 * n_dit + mem["activations"]),
+    ):
+        rows[key] = dict(
+            flops=flops,
+            pred_seconds=(flops + f * (grad and cfg.grad_checkpointing)) / assumed,
+            pred_peak=pred_mem or None,
+        )
         time_dit(dit, lat, device, grad, rows[key])
     z = torch.randn(1, *lat, device=device)
-    rows["vae_decode"] = dict(flops=dry["f_dec"], pred_seconds=dry["f_dec"] / assumed,
-                              pred_peak=mem["per_block"]["vae_decode_one"])
+    rows["vae_decode"] = dict(
+        flops=dry["f_dec"],
+        pred_seconds=dry["f_dec"] / assumed,
+        pred_peak=mem["per_block"]["vae_decode_one"],
+    )
     with torch.no_grad(), peak_memory(device, rows["vae_decode"]):
         vae.decode(z)
     rows["text_encode"] = dict(pred_peak=None)
@@ -183,18 +235,35 @@ def main(argv=None):
     with peak_memory(device, rows.setdefault("rl_iteration", {})):
         timing, stats, K, rewards = api.rl_iteration(cfg, dit, vae, text, device)
     videos = cfg.puzzles_per_step * cfg.group_size
-    pred = dict(rollout=videos * cfg.num_steps * f / assumed, decode=videos * dry["f_dec"] / assumed,
-                update=dry["rows"][0][3] / assumed)
+    pred = dict(
+        rollout=videos * cfg.num_steps * f / assumed,
+        decode=videos * dry["f_dec"] / assumed,
+        update=dry["rows"][0][3] / assumed,
+    )
     for k, v in timing.items():
         rows[f"rl_{k}"] = dict(seconds=v, pred_seconds=pred.get(k))
     rows["rl_iteration"]["pred_seconds"] = dry["rows"][0][4]
-    parity = [dict(step=k, ratio_mean=float(sum(s["ratio_mean"] for s in stats[k::K]) / len(stats[k::K])),
-                   max_abs_ratio_minus_1=max(s["ratio_max_dev"] for s in stats[k::K]),
-                   clipfrac=float(sum(s["clipfrac"] for s in stats[k::K]) / len(stats[k::K]))) for k in range(K)]
-    result = dict(device=name, small=args.small, peak_tflops=peak, dry_run_mfu=cfg.mfu,
-                  shapes=dict(latent=list(lat), tokens=dry["tokens"], dit_params=n_dit), rows=rows,
-                  parity=parity, clip_range=cfg.clip_range, rewards=rewards,
-                  total_seconds=time.perf_counter() - t_all)
+    parity = [
+        dict(
+            step=k,
+            ratio_mean=float(sum(s["ratio_mean"] for s in stats[k::K]) / len(stats[k::K])),
+            max_abs_ratio_minus_1=max(s["ratio_max_dev"] for s in stats[k::K]),
+            clipfrac=float(sum(s["clipfrac"] for s in stats[k::K]) / len(stats[k::K])),
+        )
+        for k in range(K)
+    ]
+    result = dict(
+        device=name,
+        small=args.small,
+        peak_tflops=peak,
+        dry_run_mfu=cfg.mfu,
+        shapes=dict(latent=list(lat), tokens=dry["tokens"], dit_params=n_dit),
+        rows=rows,
+        parity=parity,
+        clip_range=cfg.clip_range,
+        rewards=rewards,
+        total_seconds=time.perf_counter() - t_all,
+    )
     for r in rows.values():
         if "flops" in r:
             r["tflops_per_s"] = r["flops"] / r["seconds"] / 1e12
@@ -206,24 +275,35 @@ def main(argv=None):
 
 
 def print_table(res):
-    GB = 1024 ** 3
-    print(f"gpu_check on {res['device']} ({'--small, tiny shapes' if res['small'] else '5B shapes'}): latent "
-          f"{tuple(res['shapes']['latent'])}, {res['shapes']['tokens']:,} tokens, DiT {res['shapes']['dit_params']:,} "
-          f"parameters, bf16 peak {res['peak_tflops']:.0f} TFLOP/s, dry run assumes MFU {res['dry_run_mfu']:.0%}")
-    print(f"{'':14s} {'time s':>9s} {'dry run s':>9s} {'ratio':>6s} {'TFLOP/s':>8s} {'MFU':>6s} "
-          f"{'peak GiB':>8s} {'dryrun GiB':>10s} {'ratio':>6s}")
+    GB = 1024**3
+    shapes, mode = res["shapes"], "--small, tiny shapes" if res["small"] else "5B shapes"
+    print(
+        f"gpu_check on {res['device']} ({mode}): latent {tuple(shapes['latent'])}, "
+        f"{shapes['tokens']:,} tokens, DiT {shapes['dit_params']:,} parameters, "
+        f"bf16 peak {res['peak_tflops']:.0f} TFLOP/s, dry run assumes MFU {res['dry_run_mfu']:.0%}"
+    )
+    print(
+        f"{'':14s} {'time s':>9s} {'dry run s':>9s} {'ratio':>6s} {'TFLOP/s':>8s} {'MFU':>6s} "
+        f"{'peak GiB':>8s} {'dryrun GiB':>10s} {'ratio':>6s}"
+    )
     for key, r in res["rows"].items():
         cells = [f"{key:14s}", f"{r['seconds']:9.3g}"]
         ps, pm = r.get("pred_seconds"), r.get("pred_peak")
         cells += [f"{ps:9.3g}", f"{r['seconds'] / ps:6.3g}"] if ps else [f"{'':9s}", f"{'':6s}"]
-        cells += [f"{r['tflops_per_s']:8.3g}", f"{r['mfu']:6.1%}"] if "flops" in r else [f"{'':8s}", f"{'':6s}"]
+        cells += (
+            [f"{r['tflops_per_s']:8.3g}", f"{r['mfu']:6.1%}"]
+            if "flops" in r
+            else [f"{'':8s}", f"{'':6s}"]
+        )
         cells += [f"{r['peak'] / GB:8.3g}"] if "peak" in r else [f"{'':8s}"]
         cells += [f"{pm / GB:10.3g}", f"{r['peak'] / pm:6.3g}"] if pm and "peak" in r else []
         print(" ".join(cells))
     print(f"on-policy parity of the first update (clip range {res['clip_range']:g}):")
     for p in res["parity"]:
-        print(f"  step {p['step']:2d}: ratio mean {p['ratio_mean']:.8f}, max |ratio - 1| "
-              f"{p['max_abs_ratio_minus_1']:.3e}, clip fraction {p['clipfrac']:.3f}")
+        print(
+            f"  step {p['step']:2d}: ratio mean {p['ratio_mean']:.8f}, max |ratio - 1| "
+            f"{p['max_abs_ratio_minus_1']:.3e}, clip fraction {p['clipfrac']:.3f}"
+        )
     print(f"total {res['total_seconds']:.0f} s")
 
 
