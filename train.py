@@ -125,7 +125,7 @@ class TrainConfig:
     n_gpus: int = 8
     gpu_tflops: float = 989.0      # dense bf16 peak per GPU (H100 SXM)
     mfu: float = 0.35              # assumed model-FLOPs utilization
-    gpu_mem_gb: float = 80.0       # memory per GPU (decimal GB) the dry run checks the estimate against
+    gpu_mem_gb: float = 80.0       # GPU memory (decimal GB) the dry run checks its estimate against
 
 
 CONFIGS = {  # each entry is a complete, runnable run; values override the TrainConfig defaults
@@ -161,11 +161,12 @@ CONFIGS = {  # each entry is a complete, runnable run; values override the Train
         micro_batch=1, eval_n=300, eval_steps=50, eval_shift=3.0, save_every=100),
 }
 
-# One GPU, no FSDP (README "Full scale on one GPU"; memory from --dry_run's memory_model, measured per
-# block and for the VAE decoder by tests/scripts/bench_memory.py): LoRA on one 80 GB GPU (~55 GiB), and
-# full fine-tuning on one 141 GB H200 (~101 GiB: fp32 weights, gradients, AdamW and autocast's bf16
-# copies are 84 GiB of it). Same recipe as the 8-GPU presets; an RL iteration takes ~8x as long.
-CONFIGS["5b_lora_1gpu"] = dict(CONFIGS["5b_lora"], out_dir="runs/5b_lora_1gpu", n_gpus=1, gpu_mem_gb=80.0)
+# One GPU, no FSDP (README "Full scale on one GPU"; memory from --dry_run's memory_model, measured
+# per block and for the VAE decoder by tests/scripts/bench_memory.py): LoRA on one 80 GB GPU
+# (~54 GiB), and full fine-tuning on one 141 GB H200 (~101 GiB: fp32 weights, gradients, AdamW and
+# autocast's bf16 copies are 84 GiB of it). The 8-GPU recipe; an RL iteration takes ~8x as long.
+CONFIGS["5b_lora_1gpu"] = dict(CONFIGS["5b_lora"], out_dir="runs/5b_lora_1gpu", n_gpus=1,
+                               gpu_mem_gb=80.0)
 CONFIGS["5b_1gpu"] = dict(CONFIGS["5b"], out_dir="runs/5b_1gpu", n_gpus=1, gpu_mem_gb=141.0)
 
 def get_config(argv, base=None):
@@ -799,25 +800,26 @@ def load_weights(ckpt, dit, vae, text):
 
 class _FlashAttentionSaves(torch.autograd.Function):
     """Counting only (meta tensors): what a fused attention kernel (FlashAttention on a GPU, torch's
-    flash kernel on CPU) keeps for backward: q, k, v, the output and a float32 log-sum-exp per query.
-    The meta device falls back to the math attention, which would store the (S, S) probabilities."""
+    flash kernel on CPU) keeps for backward: q, k, v, the output and a float32 log-sum-exp per
+    query. The meta device falls back to the math attention, which would store the (S, S)
+    probabilities."""
 
     @staticmethod
     def forward(ctx, q, k, v):
-        out = torch.empty_like(q)                                            # (B, N, S, D)
+        out = torch.empty_like(q)                                           # (B, N, S, D)
         ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
         return out
 
 
 def saved_block_bytes(dcfg, tokens, grid):
-    """Bytes one DiT block keeps for backward per video (bf16 weights, FSDP's gathered dtype), counted on
-    the meta device with saved-tensor hooks: distinct storages, not parameters, not the inputs every
-    block shares (the per-token modulation e0, the text, RoPE tables)."""
+    """Bytes one DiT block keeps for backward per video (bf16 weights, FSDP's gathered dtype),
+    counted on the meta device with saved-tensor hooks: distinct storages, not parameters, not the
+    inputs every block shares (the per-token modulation e0, the text, RoPE tables)."""
     from unittest import mock
     with torch.device("meta"):
         block = M.WanAttentionBlock(dcfg).to(torch.bfloat16)
-        x = torch.empty(1, tokens, dcfg.dim, requires_grad=True)                     # (1, S, C) fp32 stream
-        e0 = torch.empty(1, tokens, 6, dcfg.dim, requires_grad=True)                 # (1, S, 6, C) fp32
+        x = torch.empty(1, tokens, dcfg.dim, requires_grad=True)           # (1, S, C) fp32 stream
+        e0 = torch.empty(1, tokens, 6, dcfg.dim, requires_grad=True)       # (1, S, 6, C) fp32
         ctx = torch.empty(1, dcfg.text_len, dcfg.dim, dtype=torch.bfloat16, requires_grad=True)
     cos, sin = M.rope_cos_sin(grid, dcfg.dim // dcfg.num_heads, tokens, torch.device("meta"))
     shared = {t.untyped_storage()._cdata for t in (*block.parameters(), e0, ctx, cos, sin)}
@@ -828,76 +830,81 @@ def saved_block_bytes(dcfg, tokens, grid):
         if st._cdata not in shared:
             seen[st._cdata] = st.nbytes()
         return t
-    flash = lambda q, k, v, attn_mask=None: _FlashAttentionSaves.apply(q, k, v)  # noqa: E731
+
+    def flash(q, k, v, attn_mask=None):
+        return _FlashAttentionSaves.apply(q, k, v)
     with mock.patch.object(nn.functional, "scaled_dot_product_attention", flash), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         block(x, e0, ctx, cos, sin, None)
     return sum(seen.values())
 
 
-# The 5B VAE decoder streams 4 video frames per latent frame, so its working set grows with the frame
-# area, not the clip length: 22,900 bytes per pixel of one video (fp32), measured on 5-frame clips at
-# 128x128 and 192x192 and extrapolated to 480x480 (5.3 GB; tests/scripts/bench_memory.py, README
-# "The memory model, measured"). decode_videos decodes 4 videos per call.
+# The 5B VAE decoder streams 4 video frames per latent frame, so its working set grows with the
+# frame area, not the clip length: 22,900 bytes per pixel of one video (fp32), measured on 5-frame
+# clips at 128x128 and 192x192 and extrapolated to 480x480 (5.3 GB; tests/scripts/bench_memory.py,
+# README "The memory model, measured"). decode_videos decodes 4 videos per call.
 VAE_DECODE_BYTES_PER_PIXEL = 22900
 
 
 def memory_model(cfg, n_gpus):
     """Bytes per GPU of an RL run of cfg on n_gpus, by component (printed by --dry_run):
-    weights   fp32 trained weights and frozen ones (the LoRA base, or the reference copy for beta > 0),
-              sharded by FSDP; + the bf16 copies compute uses: under FSDP two gathered blocks (one
-              prefetched), on one GPU autocast's cache of every trained weight's bf16 cast (kept for the
-              forward's duration) or, for frozen weights, a block's casts
-    gradients fp32, sharded; optimizer: AdamW's two fp32 moments, sharded
-    activations micro_batch videos x (checkpointing: every block's fp32 input + one block recomputed
-              and backpropagated; else every block's saved tensors + one block's backward), counted on
-              the meta device (saved_block_bytes), + the shared per-token modulation and its gradient
-    vae       fp32 weights + the decode working set of 4 videos (decode_videos' batch)
-    text      the umT5 encoder in bf16: build_models keeps it on the device
-    trajectories the stored SDE-step latents of this GPU's rollouts, fp32.
-    Peak = everything persistent + the larger of the update's (activations + gradients) and the decode."""
-    dcfg, vcfg, tcfg = M.DIT_CONFIGS[cfg.model], M.VAE_CONFIGS[cfg.model], M.T5_CONFIGS[cfg.model]
+    weights      fp32 trained weights and frozen ones (the LoRA base, or the reference copy for
+                 beta > 0), sharded by FSDP; + the bf16 copies compute uses: under FSDP two gathered
+                 blocks (one prefetched), on one GPU autocast's cache of every trained weight's bf16
+                 cast (kept for the forward's duration)
+    gradients    fp32, sharded;   optimizer: AdamW's two fp32 moments, sharded
+    activations  micro_batch videos x (checkpointing: every block's fp32 input + one block
+                 recomputed and backpropagated; else every block's saved tensors + one block's
+                 backward), counted on the meta device (saved_block_bytes), + the per-token
+                 modulation every block shares and its gradient
+    trajectories the stored SDE-step latents of this GPU's rollouts, fp32
+    vae          fp32 weights;   vae_decode: the working set of 4 videos (decode_videos' batch)
+    text         the umT5 encoder in bf16: build_models keeps it on the device
+    Peak = everything persistent + the larger of (activations + gradients) and the decode, which
+    happen at different times."""
+    dcfg, vcfg = M.DIT_CONFIGS[cfg.model], M.VAE_CONFIGS[cfg.model]
     with torch.device("meta"):
-        dit, vae, t5 = M.WanModel(dcfg), M.WanVAE(vcfg), M.T5Encoder(tcfg)
+        dit, vae, t5 = M.WanModel(dcfg), M.WanVAE(vcfg), M.T5Encoder(M.T5_CONFIGS[cfg.model])
     n_dit = sum(p.numel() for p in dit.parameters())
     block = sum(p.numel() for p in dit.blocks[0].parameters())
-    n_lora = add_lora(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) and sum(
-        p.numel() for n, p in dit.named_parameters() if ".lora_" in n) if cfg.lora_rank else 0
-    n_train = n_lora or n_dit
+    n_train = n_dit
+    if cfg.lora_rank:
+        add_lora(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        n_train = sum(p.numel() for n, p in dit.named_parameters() if ".lora_" in n)
     frozen = n_dit if cfg.lora_rank or cfg.beta > 0 else 0
     lat = latent_shape(cfg, vcfg.z_dim)
     pt, ph, pw = dcfg.patch_size
     grid = (lat[1] // pt, lat[2] // ph, lat[3] // pw)
     tokens = math.prod(grid)
-    if n_gpus > 1:
-        compute_copies = 2 * 2 * block
-    else:
-        compute_copies = 2 * n_train + (2 * block if frozen else 0)
+    compute_copies = 2 * 2 * block if n_gpus > 1 else 2 * n_train
     weights = (n_train + frozen) * 4 / n_gpus + compute_copies
     saved = saved_block_bytes(dcfg, tokens, grid)
-    if n_gpus == 1:
-        saved += 2 * block                          # autocast's bf16 weight casts, kept for backward
+    if n_gpus == 1 and cfg.lora_rank:
+        saved += 2 * block          # autocast's bf16 casts of frozen weights, kept for backward
     x_bytes = tokens * dcfg.dim * 4                 # a block's input: the fp32 residual stream
-    # the backward of one block: what it saved + its bf16 weight gradients (measured 0.95x of this at 5B:
-    # saved tensors are freed as the gradients appear; bench_memory.py)
+    # the backward of one block: what it saved + its bf16 weight gradients (measured: 1.01x of this
+    # at 5B, saved tensors being freed as the gradients appear; bench_memory.py)
     block_peak = saved + 2 * block
     shared = 2 * tokens * 6 * dcfg.dim * 4          # e0 (1, S, 6, C) fp32 and its gradient
     if cfg.grad_checkpointing:
         per_video = dcfg.num_layers * x_bytes + block_peak + shared
     else:
         per_video = (dcfg.num_layers - 1) * saved + block_peak + shared
-    per_video_decode = VAE_DECODE_BYTES_PER_PIXEL * cfg.height * cfg.width + 2 * 3 * cfg.frames * cfg.height * cfg.width * 4
+    pixels = cfg.height * cfg.width
+    # one video's decode: the streamed working set + its fp32 output, twice (the chunks, then their cat)
+    decode_one = VAE_DECODE_BYTES_PER_PIXEL * pixels + 2 * 3 * cfg.frames * pixels * 4
     videos = cfg.puzzles_per_step * cfg.group_size / n_gpus
     mem = dict(weights=weights, gradients=n_train * 4 / n_gpus, optimizer=n_train * 8 / n_gpus,
                activations=cfg.micro_batch * per_video,
                trajectories=videos * cfg.sde_steps * 2 * math.prod(lat) * 4,
                vae=sum(p.numel() for p in vae.parameters()) * 4,
-               vae_decode=min(4, math.ceil(videos)) * per_video_decode,
+               vae_decode=min(4, math.ceil(videos)) * decode_one,
                text=sum(p.numel() for p in t5.parameters()) * 2)
-    persistent = mem["weights"] + mem["optimizer"] + mem["trajectories"] + mem["vae"] + mem["text"]
+    persistent = sum(mem[k] for k in ("weights", "optimizer", "trajectories", "vae", "text"))
     mem["total"] = persistent + max(mem["activations"] + mem["gradients"], mem["vae_decode"])
-    mem["per_block"] = dict(saved=saved, peak=block_peak, saved_ckpt=x_bytes, peak_ckpt=x_bytes + block_peak,
-                            vae_decode_one=VAE_DECODE_BYTES_PER_PIXEL * cfg.height * cfg.width)
+    mem["per_block"] = dict(saved=saved, peak=block_peak, saved_ckpt=x_bytes,
+                            peak_ckpt=x_bytes + block_peak,
+                            vae_decode_one=VAE_DECODE_BYTES_PER_PIXEL * pixels)
     return mem
 
 
@@ -905,12 +912,14 @@ def print_memory(cfg, mem):
     """The memory_model breakdown as one line per GPU, and whether it fits cfg.gpu_mem_gb."""
     GiB = 1024 ** 3
     where = f"FSDP over {cfg.n_gpus} GPUs" if cfg.n_gpus > 1 else "one GPU, no FSDP"
-    parts = ", ".join(f"{k} {mem[k] / GiB:.1f}" for k in ("weights", "gradients", "optimizer", "activations",
-                                                          "trajectories", "vae", "vae_decode", "text"))
+    keys = ("weights", "gradients", "optimizer", "activations", "trajectories", "vae", "vae_decode",
+            "text")
+    parts = ", ".join(f"{k} {mem[k] / GiB:.1f}" for k in keys)
     verdict = "fits" if mem["total"] <= cfg.gpu_mem_gb * 1e9 * 0.95 else "does NOT fit"
     print(f"memory per GPU ({where}; micro-batch {cfg.micro_batch}, checkpointing "
-          f"{'on' if cfg.grad_checkpointing else 'off'}), GiB: {parts}; peak ~{mem['total'] / GiB:.0f} GiB: "
-          f"{verdict} a {cfg.gpu_mem_gb:.0f} GB GPU (95% usable)")
+          f"{'on' if cfg.grad_checkpointing else 'off'}), GiB: {parts}; "
+          f"peak ~{mem['total'] / GiB:.0f} GiB: {verdict} a {cfg.gpu_mem_gb:.0f} GB GPU "
+          f"(95% usable)")
 
 
 def dry_run(cfg):
