@@ -7,14 +7,17 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "scripts"))
 import gpu_check  # noqa: E402
 
 
-def test_gpu_check_small_runs_and_reports_everything(tmp_path, capsys):
+@pytest.mark.parametrize("lora", [False, True])
+def test_gpu_check_small_runs_and_reports_everything(tmp_path, capsys, lora):
     out = tmp_path / "gpu_check.json"
-    res = gpu_check.main(["--small", "--json", str(out)])
+    res = gpu_check.main(["--small", "--json", str(out)] + ["--lora"] * lora)
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))  # the JSON is the table
     rows = res["rows"]
     for key in (
@@ -33,7 +36,7 @@ def test_gpu_check_small_runs_and_reports_everything(tmp_path, capsys):
         assert (
             rows[key]["pred_seconds"] > 0 and rows[key]["tflops_per_s"] > 0 and rows[key]["mfu"] > 0
         )
-    assert rows["dit_fwd_bwd"]["flops"] == 3 * rows["dit_forward"]["flops"]
+    assert rows["dit_fwd_bwd"]["flops"] == (2 if lora else 3) * rows["dit_forward"]["flops"]
     assert rows["dit_fwd_bwd"]["pred_peak"] > 0 and rows["vae_decode"]["pred_peak"] > 0
     assert rows["rl_iteration"]["pred_seconds"] > 0
     assert res["shapes"]["tokens"] == 2 * 2 * 2  # 64x64x5 -> latent 2x4x4 -> 8

@@ -58,37 +58,26 @@ BF16_PEAK = {
 
 def train_py_api():
     """Every use of train.py's internals, in one place: adapt this function alone when train.py's
-    internal API changes. -> namespace of config(), predictions(), rl_iteration()."""
+    internal API changes. -> namespace of config(), prepare(), predictions(), rl_iteration()."""
     import train as T
 
-    def config(small, puzzles, group):
-        base = (
-            [
-                "--config",
-                "tiny",
-                "--num_steps=4",
-                "--sde_steps=2",
-                "--frames=5",
-                "--height=64",
-                "--width=64",
-            ]
-            if small
-            else ["--config", "5b"]
-        )
-        cfg = T.get_config(
-            base
-            + [
-                f"--puzzles_per_step={puzzles}",
-                f"--group_size={group}",
-                f"--groups_per_update={puzzles}",
-                "--micro_batch=1",
-                "--gif_every=0",
-                "--n_gpus=1",
-                "--grad_checkpointing",
-                "--beta=0.0",
-            ]
-        )
+    def config(small, puzzles, group, lora):
+        if small:
+            base = ["--config", "tiny", "--num_steps=4", "--sde_steps=2", "--frames=5",
+                    "--height=64", "--width=64"] + (["--lora_rank=4"] if lora else [])
+        else:
+            base = ["--config", "5b_lora" if lora else "5b"]
+        cfg = T.get_config(base + [f"--puzzles_per_step={puzzles}", f"--group_size={group}",
+                                   f"--groups_per_update={puzzles}", "--micro_batch=1",
+                                   "--gif_every=0", "--n_gpus=1", "--grad_checkpointing",
+                                   "--beta=0.0"])
         return cfg, T.latent_shape(cfg, M.VAE_CONFIGS[cfg.model].z_dim)
+
+    def prepare(dit, cfg):
+        """LoRA adapters on the random DiT when the preset trains them."""
+        if cfg.lora_rank:
+            T.add_lora(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        return dit
 
     def predictions(cfg):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -116,7 +105,8 @@ def train_py_api():
             T.autocast = fp32_autocast
         return timing, updates[0]["stats"], traj.latents.shape[1], [s.reward for s in scores]
 
-    return SimpleNamespace(config=config, predictions=predictions, rl_iteration=rl_iteration)
+    return SimpleNamespace(config=config, prepare=prepare, predictions=predictions,
+                           rl_iteration=rl_iteration)
 
 
 def sync(device):
@@ -195,25 +185,31 @@ def main(argv=None):
     ap.add_argument(
         "--peak_tflops", type=float, default=0.0, help="bf16 peak; 0 = from the GPU's name"
     )
+    ap.add_argument("--lora", action="store_true",
+                    help="the 5b_lora preset: r32 adapters, fits an 80 GB GPU (the full fine-tuning "
+                    "default needs ~120 GB: the AdamW step of the RL iteration)")
     ap.add_argument("--json", default="gpu_check.json")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.small or not torch.cuda.is_available() else "cuda")
     api = train_py_api()
-    cfg, lat = api.config(args.small, args.puzzles, args.group)
+    cfg, lat = api.config(args.small, args.puzzles, args.group, args.lora)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or next((v for k, v in BF16_PEAK.items() if k in name), cfg.gpu_tflops)
     dry = api.predictions(cfg)
     mem = dry["memory"]
     rows, t_all = {}, time.perf_counter()
     dit, vae, text = build(cfg, device)
+    api.prepare(dit, cfg)
     n_dit = sum(p.numel() for p in dit.parameters())
     f = dry["f_dit"]
     assumed = cfg.gpu_tflops * 1e12 * cfg.mfu  # the dry run's FLOP/s
-    # the DiT alone: fp32 weights; forward + backward adds fp32 gradients, autocast's bf16 weight
-    # copies and the checkpointed activations (memory_model's terms for one GPU, micro-batch 1)
+    # the DiT alone: fp32 weights; forward + backward adds fp32 gradients, autocast's bf16 copies of
+    # the trained weights and the checkpointed activations (memory_model's one-GPU terms)
+    # model FLOPs of forward + backward: 3 forwards, 2 with LoRA (no gradients of frozen weights)
+    f_fb = f * (2 if cfg.lora_rank else 3)
     for key, grad, flops, pred_mem in (
         ("dit_forward", False, f, 0.0),
-        ("dit_fwd_bwd", True, 3 * f, mem["gradients"] + 2 * n_dit + mem["activations"]),
+        ("dit_fwd_bwd", True, f_fb, mem["gradients"] + 2 * dry["n_train"] + mem["activations"]),
     ):
         rows[key] = dict(
             flops=flops,
