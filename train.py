@@ -976,8 +976,8 @@ def dry_run(cfg):
     print(f"  Early-Step Focus saves {1 - rows[0][4] / rows[1][4]:.0%} of the time per iteration "
           f"(paper: about 40% less training time)")
     print_memory(cfg, mem)
-    return dict(tokens=tokens, n_dit=n_dit, n_train=n_train, f_dit=f_dit, f_dec=f_dec, rows=rows, mem_gb=mem["total"] / GB,
-                memory=mem)
+    return dict(tokens=tokens, n_dit=n_dit, n_train=n_train, f_dit=f_dit, f_dec=f_dec, rows=rows,
+                mem_gb=mem["total"] / GB, memory=mem)
 
 
 # -----------------------------------------------------------------------------
