@@ -98,8 +98,8 @@ def policy_loss(log_prob, old_log_prob, advantages, clip_range=1e-3, *, beta=0.0
 
     log_prob (B,) with grad, old_log_prob (B,) from the rollout, advantages (B,).
     Returns (loss scalar, stats): stats are detached 0-dim tensors (no GPU sync here): policy_loss,
-    kl, ratio_mean, clipfrac (fraction with |ratio - 1| > clip_range), approx_kl = 0.5 mean
-    (log ratio)^2.
+    kl, ratio_mean, ratio_max_dev = max |ratio - 1| (on-policy parity), clipfrac (fraction with
+    |ratio - 1| > clip_range), approx_kl = 0.5 mean (log ratio)^2.
     """
     if not (log_prob.shape == old_log_prob.shape == advantages.shape) or log_prob.ndim != 1:
         raise ValueError(f"policy_loss: log_prob, old_log_prob, advantages must all be (B,), got "
@@ -125,6 +125,7 @@ def policy_loss(log_prob, old_log_prob, advantages, clip_range=1e-3, *, beta=0.0
         "policy_loss": pg.detach(),
         "kl": kl.detach(),
         "ratio_mean": ratio.detach().mean(),
+        "ratio_max_dev": (ratio.detach() - 1.0).abs().max(),
         "clipfrac": ((ratio.detach() - 1.0).abs() > clip_range).float().mean(),
         "approx_kl": 0.5 * (log_ratio.detach() ** 2).mean(),
     }

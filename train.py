@@ -139,6 +139,7 @@ class TrainConfig:
     n_gpus: int = 8
     gpu_tflops: float = 989.0      # dense bf16 peak per GPU (H100 SXM)
     mfu: float = 0.35              # assumed model-FLOPs utilization
+    gpu_mem_gb: float = 80.0       # GPU memory (decimal GB) the dry run checks its estimate against
 
 
 # The presets. Each entry is a complete, runnable run; values override the TrainConfig defaults.
@@ -188,11 +189,24 @@ CONFIGS["5b_lora"] = CONFIGS["5b"] | dict(
     lora_rank=32, lora_alpha=64.0,
 )
 
+# One GPU, no FSDP (README "Full scale on one GPU"; memory from --dry_run's memory_model, measured
+# per block and for the VAE decoder by tests/scripts/bench_memory.py): LoRA on one 80 GB GPU
+# (~54 GiB), and full fine-tuning on one 141 GB H200 (~101 GiB: fp32 weights, gradients, AdamW and
+# autocast's bf16 copies are 84 GiB of it). The 8-GPU recipe; an RL iteration takes ~8x as long.
+CONFIGS["5b_lora_1gpu"] = CONFIGS["5b_lora"] | dict(
+    out_dir="runs/5b_lora_1gpu", n_gpus=1, gpu_mem_gb=80.0,
+)
+CONFIGS["5b_1gpu"] = CONFIGS["5b"] | dict(
+    out_dir="runs/5b_1gpu", n_gpus=1, gpu_mem_gb=141.0,
+)
+
 
 PRESETS_HELP = {
     "tiny": "CPU demo (~15 min on 2 cores): tiny VAE warm-up, SFT, 24 RL iterations, results table",
     "5b": "Wan2.2-TI2V-5B, all DiT weights under FSDP2 (torchrun on GPUs); needs --ckpt_dir",
-    "5b_lora": "the 5b preset with LoRA r32 on q,k,v,o and KL beta 0.004; one 80 GB GPU",
+    "5b_lora": "the 5b preset with LoRA r32 on q,k,v,o and KL beta 0.004 (FSDP, 8 GPUs)",
+    "5b_lora_1gpu": "5b_lora on one 80 GB GPU, no FSDP (~54 GiB by the dry run)",
+    "5b_1gpu": "5b full fine-tuning on one 141 GB GPU (H200), no FSDP (~101 GiB)",
 }
 
 
@@ -1512,28 +1526,136 @@ def count_flops(fn):
     return fc.get_total_flops()
 
 
-def dry_run_memory(cfg, dit, vae, n_dit, n_train, tokens, lat):
-    """Per-GPU memory estimate in bytes: (weights + optimizer, activations, trajectories, VAE).
+class _FlashAttentionSaves(torch.autograd.Function):
+    """Attention as a fused kernel saves it, for counting on meta tensors only.
 
-    FSDP shards fp32 master weights, gradients and AdamW moments of the trained parameters; frozen
-    DiT weights (LoRA base, or the reference copy) are sharded too; one block's bf16 weights are
-    gathered at a time (x2 with prefetch); the VAE (fp32) and the cached text embeddings sit on
-    every GPU, the umT5 encoder does not (offloaded after caching prompts).
+    A fused attention kernel (FlashAttention on a GPU, torch's flash kernel on CPU) keeps q, k, v,
+    the output and a float32 log-sum-exp per query for backward. The meta device falls back to the
+    math attention, which would store the (S, S) probabilities.
     """
-    dcfg = dit.cfg
-    frozen = n_dit if cfg.lora_rank or cfg.beta > 0 else 0
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)                                           # (B, N, S, D)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+
+def saved_block_bytes(dcfg, tokens, grid):
+    """Bytes one DiT block keeps for backward per video.
+
+    bf16 weights (FSDP's gathered dtype), counted on the meta device with saved-tensor hooks:
+    distinct storages, not parameters, not the inputs every block shares (the per-token modulation
+    e0, the text, RoPE tables).
+    """
+    from unittest import mock
+    with torch.device("meta"):
+        block = M.WanAttentionBlock(dcfg).to(torch.bfloat16)
+        x = torch.empty(1, tokens, dcfg.dim, requires_grad=True)           # (1, S, C) fp32 stream
+        e0 = torch.empty(1, tokens, 6, dcfg.dim, requires_grad=True)       # (1, S, 6, C) fp32
+        ctx = torch.empty(1, dcfg.text_len, dcfg.dim, dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = M.rope_cos_sin(grid, dcfg.dim // dcfg.num_heads, tokens, torch.device("meta"))
+    shared = {t.untyped_storage()._cdata for t in (*block.parameters(), e0, ctx, cos, sin)}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st._cdata not in shared:
+            seen[st._cdata] = st.nbytes()
+        return t
+
+    def flash(q, k, v, attn_mask=None):
+        return _FlashAttentionSaves.apply(q, k, v)
+    with mock.patch.object(nn.functional, "scaled_dot_product_attention", flash), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x, e0, ctx, cos, sin, None)
+    return sum(seen.values())
+
+
+# The 5B VAE decoder streams 4 video frames per latent frame, so its working set grows with the
+# frame area, not the clip length: 22,900 bytes per pixel of one video (fp32), measured on 5-frame
+# clips at 128x128 and 192x192 and extrapolated to 480x480 (5.3 GB; tests/scripts/bench_memory.py,
+# README "The memory model, measured"). decode_videos decodes 4 videos per call.
+VAE_DECODE_BYTES_PER_PIXEL = 22900
+
+
+def memory_model(cfg, n_gpus):
+    """Bytes per GPU of an RL run of cfg on n_gpus, by component (printed by --dry_run).
+
+    weights      fp32 trained weights and frozen ones (the LoRA base, or the reference copy for
+                 beta > 0), sharded by FSDP; + the bf16 copies compute uses: under FSDP two gathered
+                 blocks (one prefetched), on one GPU autocast's cache of every trained weight's bf16
+                 cast (kept for the forward's duration)
+    gradients    fp32, sharded;   optimizer: AdamW's two fp32 moments, sharded
+    activations  micro_batch videos x (checkpointing: every block's fp32 input + one block
+                 recomputed and backpropagated; else every block's saved tensors + one block's
+                 backward), counted on the meta device (saved_block_bytes), + the per-token
+                 modulation every block shares and its gradient
+    trajectories the stored SDE-step latents of this GPU's rollouts, fp32
+    vae          fp32 weights;   vae_decode: the working set of 4 videos (decode_videos' batch)
+    text         the umT5 encoder in bf16: build_models keeps it on the device
+    Peak = everything persistent + the larger of (activations + gradients) and the decode, which
+    happen at different times.
+    """
+    dcfg, vcfg = M.DIT_CONFIGS[cfg.model], M.VAE_CONFIGS[cfg.model]
+    with torch.device("meta"):
+        dit, vae, t5 = M.WanModel(dcfg), M.WanVAE(vcfg), M.T5Encoder(M.T5_CONFIGS[cfg.model])
+    n_dit = count_parameters(dit)
     block = count_parameters(dit.blocks[0])
-    weights = (n_train * (4 + 4 + 8) + frozen * 4) / cfg.n_gpus + 2 * 2 * block
+    n_train = n_dit
+    if cfg.lora_rank:
+        add_lora(dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        n_train = count_parameters(dit, lora=True)
+    frozen = n_dit if cfg.lora_rank or cfg.beta > 0 else 0
+    lat = latent_shape(cfg)                                                 # (C, F', H', W')
+    pt, ph, pw = dcfg.patch_size
+    grid = (lat[1] // pt, lat[2] // ph, lat[3] // pw)                       # RoPE's (F, H, W) grid
+    tokens = M.tokens_per_video(lat, dcfg.patch_size)
+    compute_copies = 2 * 2 * block if n_gpus > 1 else 2 * n_train
+    weights = (n_train + frozen) * 4 / n_gpus + compute_copies
+    saved = saved_block_bytes(dcfg, tokens, grid)
+    if n_gpus == 1 and cfg.lora_rank:
+        saved += 2 * block          # autocast's bf16 casts of frozen weights, kept for backward
+    x_bytes = tokens * dcfg.dim * 4                 # a block's input: the fp32 residual stream
+    # the backward of one block: what it saved + its bf16 weight gradients (measured: 1.01x of this
+    # at 5B, saved tensors being freed as the gradients appear; bench_memory.py)
+    block_peak = saved + 2 * block
+    shared = 2 * tokens * 6 * dcfg.dim * 4          # e0 (1, S, 6, C) fp32 and its gradient
     if cfg.grad_checkpointing:
-        act_per_video = (dcfg.num_layers * tokens * dcfg.dim * 4
-                         + tokens * (10 * dcfg.dim + 2 * dcfg.ffn_dim) * 2)
+        per_video = dcfg.num_layers * x_bytes + block_peak + shared
     else:
-        act_per_video = dcfg.num_layers * tokens * (14 * dcfg.dim + 3 * dcfg.ffn_dim) * 2
-    activations = cfg.micro_batch * act_per_video
-    videos = cfg.puzzles_per_step * cfg.group_size
-    traj = videos / cfg.n_gpus * cfg.sde_steps * 2 * math.prod(lat) * 4
-    vae_mem = count_parameters(vae) * 4
-    return weights, activations, traj, vae_mem
+        per_video = (dcfg.num_layers - 1) * saved + block_peak + shared
+    pixels = cfg.height * cfg.width
+    # one video's decode: the streamed working set + its fp32 output, twice (the chunks, then
+    # their concatenation)
+    decode_one = VAE_DECODE_BYTES_PER_PIXEL * pixels + 2 * 3 * cfg.frames * pixels * 4
+    videos = cfg.puzzles_per_step * cfg.group_size / n_gpus
+    mem = dict(weights=weights, gradients=n_train * 4 / n_gpus, optimizer=n_train * 8 / n_gpus,
+               activations=cfg.micro_batch * per_video,
+               trajectories=videos * cfg.sde_steps * 2 * math.prod(lat) * 4,
+               vae=count_parameters(vae) * 4,
+               vae_decode=min(4, math.ceil(videos)) * decode_one,
+               text=count_parameters(t5) * 2)
+    persistent = sum(mem[k] for k in ("weights", "optimizer", "trajectories", "vae", "text"))
+    mem["total"] = persistent + max(mem["activations"] + mem["gradients"], mem["vae_decode"])
+    mem["per_block"] = dict(saved=saved, peak=block_peak, saved_ckpt=x_bytes,
+                            peak_ckpt=x_bytes + block_peak,
+                            vae_decode_one=VAE_DECODE_BYTES_PER_PIXEL * pixels)
+    return mem
+
+
+def print_memory(cfg, mem):
+    """The memory_model breakdown as one line per GPU, and whether it fits cfg.gpu_mem_gb."""
+    GiB = 1024 ** 3
+    where = f"FSDP over {cfg.n_gpus} GPUs" if cfg.n_gpus > 1 else "one GPU, no FSDP"
+    keys = ("weights", "gradients", "optimizer", "activations", "trajectories", "vae", "vae_decode",
+            "text")
+    parts = ", ".join(f"{k} {mem[k] / GiB:.1f}" for k in keys)
+    verdict = "fits" if mem["total"] <= cfg.gpu_mem_gb * 1e9 * 0.95 else "does NOT fit"
+    print(f"memory per GPU ({where}; micro-batch {cfg.micro_batch}, checkpointing "
+          f"{'on' if cfg.grad_checkpointing else 'off'}), GiB: {parts}; "
+          f"peak ~{mem['total'] / GiB:.0f} GiB: {verdict} a {cfg.gpu_mem_gb:.0f} GB GPU "
+          f"(95% usable)")
 
 
 def dry_run(cfg):
@@ -1572,8 +1694,7 @@ def dry_run(cfg):
     rollout = videos * (cfg.num_steps * n_cfg * f_dit + f_dec) + cfg.puzzles_per_step * f_img
     peak = cfg.n_gpus * cfg.gpu_tflops * 1e12 * cfg.mfu
     GB = 1024 ** 3
-    weights, activations, traj, vae_mem = dry_run_memory(cfg, dit, vae, n_dit, n_train, tokens, lat)
-    mem = weights + activations + traj + vae_mem
+    mem = memory_model(cfg, cfg.n_gpus)
     lora_note = f" (LoRA r{cfg.lora_rank})" if cfg.lora_rank else ""
     print(f"config {cfg.config}: model {cfg.model}, {cfg.frames}x{cfg.height}x{cfg.width} video, "
           f"latent {tuple(lat[1:])}, {tokens:,} tokens per video")
@@ -1593,12 +1714,9 @@ def dry_run(cfg):
               f"{update / 1e15:8.1f} PFLOP, {seconds:7.1f} s per iteration")
     print(f"  Early-Step Focus saves {1 - rows[0][4] / rows[1][4]:.0%} of the time per iteration "
           f"(paper: about 40% less training time)")
-    print(f"memory per GPU (estimate, FSDP over {cfg.n_gpus}): weights/grads/optimizer "
-          f"{weights / GB:.1f} GB, activations {activations / GB:.1f} GB (micro-batch "
-          f"{cfg.micro_batch}, checkpointing {'on' if cfg.grad_checkpointing else 'off'}), "
-          f"trajectories {traj / GB:.1f} GB, VAE {vae_mem / GB:.1f} GB: total ~{mem / GB:.0f} GB")
+    print_memory(cfg, mem)
     return dict(tokens=tokens, n_dit=n_dit, n_train=n_train, f_dit=f_dit, f_dec=f_dec, rows=rows,
-                mem_gb=mem / GB)
+                mem_gb=mem["total"] / GB, memory=mem)
 
 
 if __name__ == "__main__":
