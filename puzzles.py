@@ -3,11 +3,11 @@
 VideoRLVR ("Video Models Can Reason with Verifiable Rewards", arXiv 2605.15458) trains Wan2.2-TI2V-5B
 on Maze, FlowFree and Sokoban: frame 0 shows the puzzle, the video must show a solution unfolding.
 This file makes those puzzles and their ground-truth (GT) videos; reward.py reads videos back.
-The paper does not publish its generator or renderer; every choice here follows the project's design
-notes (shared/spec/puzzles.md, "[proposal]" items), which cite the related work they come from:
-VR-Bench (FoundationAgents/VR-Bench, maze levels and block mazes), vbvr-rl (pufanyi/vbvr-rl, trail
-line and fixed frame count), gym-sokoban (mpSchrader/gym-sokoban, reverse-play generation),
-thomasahle/numberlink (no-self-touch FlowFree generation filters). No code is taken from them.
+The paper does not publish its generator or renderer; the choices here are ours, informed by public
+related work: VR-Bench (FoundationAgents/VR-Bench, maze levels and block mazes), vbvr-rl
+(pufanyi/vbvr-rl, trail line and fixed frame count), gym-sokoban (mpSchrader/gym-sokoban,
+reverse-play generation), thomasahle/numberlink (no-self-touch FlowFree generation filters).
+No code is taken from them.
 
   generate(domain, seed, **difficulty) -> Puzzle   deterministic; every instance checked solvable by
                                                    a solver that does not share code with the generator
@@ -47,7 +47,8 @@ KNOBS = {
     "flowfree": dict(size=5, colors=4),
     "sokoban": dict(size=6, boxes=1, min_pushes=3),
 }
-# Named levels (spec puzzles.md 3.1/4.1/5.1 proposals). "easy" is the CPU demo scale: a 7x7 maze
+# Named levels (our choice, in the size range of VR-Bench's levels, FoundationAgents/VR-Bench
+# config/config.yaml, and of gym-sokoban's small rooms). "easy" is the CPU demo scale: a 7x7 maze
 # (8-16 moves between a random far pair of rooms: ~2,400 distinct layouts, where the two ends of the
 # longest path give only ~200, too few to hold out a test set), a 5x5 flow, a 6x6 room, all of which
 # fit 16-px cells in a 128x128 (maze) or 96x96 frame.
@@ -67,7 +68,7 @@ TEST_SEED_BASE = 1_000_000_000
 TEST_SHARE = 0.25
 MAX_ATTEMPTS = 2000  # resampling budget per generate() call before it gives up with a clear error
 
-# Flat palette, far apart in RGB (spec 2.3: >= 80 L2 between classes that can touch), neutral
+# Flat palette, far apart in RGB (our rule: >= 80 L2 between classes that can touch), neutral
 # backgrounds, no class drawn thinner than 0.3 cell (chroma subsampling and VAE blur eat thin lines).
 MAZE_COLORS = {"floor": (245, 245, 245), "wall": (40, 40, 40), "goal": (40, 180, 80),
                "agent": (220, 40, 40), "trail": (40, 110, 230)}
@@ -76,7 +77,8 @@ FLOW_COLORS = ((230, 40, 40), (40, 90, 230), (235, 220, 40), (40, 170, 60), (245
                (40, 210, 220), (220, 50, 200), (240, 240, 240))  # red blue yellow green orange cyan magenta white
 SOKO_COLORS = {"floor": (235, 235, 235), "wall": (45, 45, 45), "target": (40, 180, 80),
                "box": (210, 120, 30), "player": (40, 90, 230)}
-# Sprite sizes as fractions of the cell side (spec 3.4, 4.4, 5.4). All of them cover the central
+# Sprite sizes as fractions of the cell side (our choice; the agent disc of radius ~cell/3 follows
+# pufanyi/vbvr-rl src/precompute/maze_generator.py). All of them cover the central
 # 0.3-cell patch that reward.py reads, including the trail/pipe at a corner (round joins).
 AGENT_RADIUS, GOAL_HALF, TRAIL_HALF = 0.33, 0.35, 0.225
 ENDPOINT_RADIUS, PIPE_HALF, TINT = 0.38, 0.25, 0.35
@@ -280,8 +282,13 @@ def _make_maze(rng, seed, split, rooms, min_moves):
 # FlowFree: solution-first generation, uniqueness by a count-to-2 solver
 
 def _is_induced_path(cells):
-    """True if consecutive cells are 4-adjacent and no two non-consecutive cells touch: the no-self-touch
-    rule (spec 4.1). It also rules out 2x2 blocks of one colour and adjacent same-colour endpoints."""
+    """True if the cells form an induced path: the no-self-touch rule.
+
+    Consecutive cells are 4-adjacent and no two non-consecutive cells touch (the convention of the
+    FlowFree SAT encoding at knosmos.github.io/flowfreer: an endpoint has one same-colour neighbour,
+    every other cell two). It also rules out 2x2 blocks of one colour and adjacent same-colour
+    endpoints.
+    """
     members = set(cells)
     if len(members) != len(cells):
         return False
@@ -367,7 +374,7 @@ def _flow_partition(rng, n, k):
 def count_flow_solutions(size, endpoints, limit=2):
     """Number of FlowFree solutions of a size x size grid with these endpoint pairs, counted up to `limit`.
 
-    Rules (no-self-touch convention, spec 4.1): every cell gets one colour, an endpoint has exactly one
+    Rules (the no-self-touch convention of _is_induced_path): every cell gets one colour, an endpoint has exactly one
     same-colour neighbour, every other cell exactly two, and each colour is one connected set. Those
     degree rules make each colour a simple path between its endpoints plus possibly separate cycles,
     which the final connectivity test rejects. Search: assign colours in row-major order; once a cell's
@@ -669,10 +676,14 @@ def geometry(puzzle, height, width):
 
 
 def solve_frames(frames):
-    """F_c, the frame at which the solution is complete: about 85% of the way (spec 2.2), rounded to a
-    multiple of 4 so the held end state starts on a VAE latent boundary (frames 4j+1..4j+4 share one
-    latent frame): the last latent frames then show the pure end state, not a blend with the last move.
-    At least one latent frame (4 frames) holds when F > 5: 9 -> 4, 17 -> 12, 33 -> 28, 49 -> 40."""
+    """F_c, the frame at which the solution is complete.
+
+    About 85% of the way (our schedule; a fixed frame count with a completion frame, then a hold, as
+    in pufanyi/vbvr-rl src/precompute/maze_generator.py), rounded to a multiple of 4 so the held end
+    state starts on a VAE latent boundary (frames 4j+1..4j+4 share one latent frame): the last latent
+    frames then show the pure end state, not a blend with the last move. At least one latent frame
+    (4 frames) holds when F > 5: 9 -> 4, 17 -> 12, 33 -> 28, 49 -> 40.
+    """
     return max(1, min(4 * round(SOLVE_FRACTION * (frames - 1) / 4), frames - 5 if frames > 5 else frames - 1))
 
 
@@ -773,8 +784,11 @@ def _sokoban_scene(p, g, height, width):
 
 
 def _flow_scene(p, g, height, width):
-    """Dark board with grid lines, endpoint discs on top; pipes grow one colour at a time (spec 4.4)
-    and each cell takes a 35% tint of its pipe colour when the pipe head reaches its centre."""
+    """Dark board with grid lines, endpoint discs on top; pipes grow one colour at a time.
+
+    Each cell takes a 35% tint of its pipe colour when the pipe head reaches its centre (our design,
+    like the tinted cells of the Flow Free app).
+    """
     rows, cols, c = g.rows, g.cols, g.cell
     shape = (height, width)
     static = np.empty((height, width, 3), dtype=np.uint8)

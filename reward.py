@@ -1,54 +1,95 @@
 """Pixel verifiers for the VideoRLVR puzzles: P/R/F1/success and the dense reward read off a video.
 
-VideoRLVR (arXiv 2605.15458, section 4.3 as quoted in luka-group/VideoRLVR issue #2) scores a generated
-puzzle video with symbolic rule checkers and trains on a dense decomposed reward:
+VideoRLVR (arXiv 2605.15458, section 4.3, quoted in luka-group/VideoRLVR issue #2) scores a
+generated puzzle video with symbolic rule checkers and trains on a dense decomposed reward:
   maze      r = R_conn * R_wall
   flowfree  r = 0.15 c1 + 0.35 c2 + 0.30 c3 + 0.20 c4   (four structural terms; our mapping below)
   sokoban   r = 0.5 R_state + 0.5 R_proc
-The paper's parser is not public; this one follows the project notes (shared/spec/puzzles.md 3.7, 4.5,
-5.6, 7, 8): read the mean colour of each cell's central patch in every frame, classify it against
-colour prototypes calibrated on the video's own frame 0 (undoes global colour shifts), then check the
-rules on the symbolic sequence. The puzzle supplies geometry and expected layout; nothing else is read.
+The paper's parser is not public; this one is our design. It reads the mean colour of each cell's
+central patch in every frame and classifies it against colour prototypes calibrated on the video's
+own frame 0 and re-fitted on every frame from the cells that never change (walls, floor,
+endpoints), so global colour offsets and brightness flicker are undone. Moving sprites (maze agent,
+Sokoban player and boxes) are read from 4 x 4 block means per cell, unmixed into class weights, so
+a sprite between two cells, blurred or smeared over frames shows as area split over the cells.
+The puzzle supplies geometry and expected layout; nothing else is read.
 
-  score(puzzle, video) -> Score     one video; never raises on bad content, only on bad shape/dtype
+  score(puzzle, video) -> Score     one video; raises only on bad shape, dtype, range or frame count
   summarize(scores) -> dict         the paper's table: mean P, mean R, F1 of the means, mean SR
 
-Video convention: (F, H, W, 3), channels last. uint8 is read as 0..255; floating point (numpy or torch)
-is read as the VAE decoder's [-1, 1] (pass 2 * x - 1 for a [0, 1] video); anything else is a ValueError.
-The frame count need not be 4k+1 (a dropped frame is damage, not an error).
+Video convention: (F, H, W, 3), channels last, F >= MIN_FRAMES. uint8 is read as 0..255; floating
+point (numpy or torch) as the VAE decoder's [-1, 1] (pass 2 * x - 1 for a [0, 1] video). A float
+video with NaN or inf scores 0 with that reason; one outside [-1, 1] is a ValueError.
 
-Fast motion. With few frames several unit moves can fall between two frames. The verifier reasons about
-time explicitly: a change between two frames is legal when some sequence of legal unit moves explains
-it and that sequence is not longer than the frame gap allows at up to about twice the GT's pace
-(allowed_moves). Teleports, wall crossings and jump cuts exceed it or break connectivity.
+What a video must show (our rules; they are the verifier's contract with the policy):
+  - Success must be seen. A frame is readable when its board reads clearly and the agent (player)
+    is visible. Only readable frames support a move; the frames between two readable ones never
+    widen the move budget, and more than MAX_BLIND unreadable frames in a row end the trajectory.
+  - Pace. Between two successive readable frames at most allowed_moves(puzzle, F, 1) unit moves:
+    MAX_PACE times the ground truth's mean pace plus MOVE_SLACK (CATCH_UP frames' worth right after
+    a still or unreadable frame, never more). A faster change is not a cheat but cannot be
+    verified: only the part within the budget earns credit, and success needs none over.
+  - Maze: the trail is one walk of the agent. Each new trail cell must lie on the walk between two
+    sightings of the agent (or where it was seen), the walk goes over trail cells only, and its
+    length must fit the budget.
+  - FlowFree: every readable frame is a legal partial drawing: endpoints keep their colour, each
+    new cell joins the cells of its colour drawn before, no cell has three same-colour neighbours,
+    no cell changes colour or is erased, and at most the budget of new cells appears per frame.
+  - Sokoban: every readable board follows from the previous one by legal unit moves within the
+    budget; a box between two cells needs the player on its axis (a pusher in push position);
+    nothing reads inside a wall.
+The earliest violation ends the trajectory: the dense reward is computed from what was seen before.
 
-Run the tests: python -m pytest -q tests/test_reward.py; speed: python tests/bench_reward.py
+Run the tests: python -m pytest -q tests/test_reward*.py; speed: python tests/bench_reward.py
 """
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
 import puzzles as pz
 
-PATCH = 0.3            # side of the central patch read per cell, as a fraction of the cell (spec 8.3):
-                       # inside the thinnest drawn feature (trail 0.45 cell) so clean cells are pure
-RATIO = 0.5            # label = nearest prototype only if 2x closer than the runner-up: a patch mixing two
-                       # classes keeps the majority label while < 1/3 is foreign, else it is "unknown"
-MAX_DIST = 60.0        # ... and within this RGB distance of it (spec 8.3 tau), else "unknown"
-FLOW_RATIO = 0.7       # FlowFree has no moving sprites to half-cover a patch, but lossy chroma (JPEG
-                       # 4:2:0 at 16-px cells quantises a cell's chroma as one block) moves close hues
-                       # (yellow/orange, 83 apart) by different amounts per cell: accept a smaller margin
+MIN_FRAMES = 9         # frame 0, >= 4 frames of motion and the held end (the README's minimum)
+PATCH = 0.3            # side of the central patch read per cell, as a fraction of the cell: inside
+                       # the thinnest drawn feature (trail 0.45 cell) so clean cells are pure
+SAMPLES = 4            # sprite reading: SAMPLES x SAMPLES blocks tiling each cell (cells are
+                       # multiples of 8 px, so blocks are whole pixels)
+RATIO = 0.5            # label = nearest prototype only if 2x closer than the runner-up: a patch
+                       # mixing two classes keeps the majority label while < 1/3 is foreign
+MAX_DIST = 75.0        # ... and within this RGB distance of it, else "unknown" (a trail patch
+                       # blurred at sigma = cell/6 keeps about 75% trail: 62 from the trail colour)
+FLOW_RATIO = 0.7       # FlowFree has no moving sprites to half-cover a patch, but lossy chroma
+                       # (JPEG 4:2:0 at 16-px cells quantises a cell's chroma as one block) moves
+                       # close hues (yellow/orange, 83 apart) by different amounts per cell
 MIN_SEPARATION = 30.0  # calibrated prototypes closer than this: frame 0 does not show the puzzle
-LAYOUT_KEEP = 0.95     # share of wall cells that must still read "wall" at the end (spec 7.3)
-REPAINT_SHARE = 0.1    # maze: share of the board's cells that may change at the end in ways the legal
-                       # walk does not explain (blur noise) before the reward is zeroed as a repaint
-MOVE_SLACK = 2         # unit moves of slack per transition (frame rounding + classification lag)
-SIGHTING_WINDOW = 2    # maze: a new trail cell must be near the agent if it is seen within this many
-                       # frames (in a smeared stretch where it is not seen, the trail alone decides)
+GAIN_RANGE = (0.6, 1.5)   # per-frame colour re-fit: gain and offset limits per channel (flicker of
+OFFSET_RANGE = 90.0       # +-20% and offsets of +-30 are well inside; a fit outside is not trusted)
+LAYOUT_KEEP = 0.95     # share of wall cells that must still read "wall" at the end
+REPAINT_SHARE = 0.1    # maze: share of the board's cells that may change at the end in ways the
+                       # legal walk does not explain (blur noise) before the reward is zeroed
+MAX_BLIND = 4          # unreadable frames bridged in a row (one VAE latent frame: the Wan2.2 VAE
+                       # decodes 4 frames per latent, which can smear a fast sprite away); one more
+                       # ends the trajectory
+MAX_PACE = 2.9         # moves per frame between two readable frames, in units of the GT's mean
+                       # pace, plus MOVE_SLACK: 2x the pace eased in and out peaks at 3x (integer
+                       # moves: int(2.9 pace) + 2 >= 3 pace at every pace the puzzles have)
+CATCH_UP = 2           # after a held frame (_still) or unreadable frames the next may catch up this
+                       # many frames' worth, never more (a decoded latent frame may hold or smear
+                       # the picture for up to 4 frames, then jump; "freeze then jump" still fails)
+MOVE_SLACK = 2         # unit moves of slack per transition (frame rounding; a smeared sprite read
+                       # one cell off)
+UNREAD_SHARE = 0.15    # a board with more unknown cells than this share (and than 3) is unreadable
+SPRITE_MIN = 0.07      # a cell holds sprite area when it has >= this share of the sprite's frame-0
+                       # area (a sprite smeared over 5 cells leaves ~0.15 in each)
+PEAK_SHARE = 0.3       # ... and >= this share of the frame's largest sprite area
+SEEN_MASS = (0.3, 1.8)     # a sprite is seen when its total area is within this range of frame 0's
+IN_WALL = 0.4          # sprite area in a wall cell that shows the sprite passing through it (a
+                       # sprite halfway into the wall shows 0.5; JPEG specks stay below)
+SECOND_MASS = 0.5      # area of a second blob that counts as a second agent / player
 MAX_WALK_STATES = 50_000  # search budget for explaining one Sokoban board change (ms of CPU)
-FLOW_WEIGHTS = (0.15, 0.35, 0.30, 0.20)  # endpoints, connectivity, validity, coverage (paper weights,
-                                         # the order is our inference, spec 7.2)
+SOLVE_STATES = 20_000  # search budget of the push solver that measures Sokoban progress
+FLOW_WEIGHTS = (0.15, 0.35, 0.30, 0.20)  # endpoints, connectivity, validity, coverage (the paper's
+                                         # weights; the order of the terms is our inference)
 SOKOBAN_WEIGHTS = (0.5, 0.5)             # state, process (paper: lambda_state = lambda_proc = 0.5)
 UNKNOWN = -1
 NEVER = 1 << 30        # "first frame" of a cell that is never visited
@@ -61,8 +102,11 @@ S_FLOOR, S_WALL, S_TARGET, S_BOX, S_PLAYER = range(5)
 
 @dataclass
 class Score:
-    """One video's verdict. precision is None when nothing was predicted (the paper's table skips such
-    samples in the P mean, spec 6); f1 is then 0. reward is the dense reward in [0, 1]."""
+    """One video's verdict.
+
+    precision is None when nothing was predicted (such samples are skipped in the P mean, as the
+    paper's table behaves); f1 is then 0. reward is the dense reward in [0, 1].
+    """
     precision: float | None
     recall: float
     f1: float
@@ -73,7 +117,7 @@ class Score:
 
 
 # -----------------------------------------------------------------------------
-# pixels -> per-cell labels
+# input checks, pixels -> per-cell readings
 
 def _as_video(video):
     """(F, H, W, 3) uint8 or float numpy array; torch tensors are moved to CPU numpy once."""
@@ -82,18 +126,47 @@ def _as_video(video):
         video = (v.float() if v.is_floating_point() else v).cpu().numpy()
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < 1:
-        raise ValueError(f"video must have shape (F, H, W, 3) with channels last and F >= 1, got {video.shape} "
-                         "(a VAE output (3, F, H, W) needs .permute(1, 2, 3, 0))")
+        raise ValueError(f"video must have shape (F, H, W, 3) with channels last and F >= 1, got "
+                         f"{video.shape} (a VAE output (3, F, H, W) needs .permute(1, 2, 3, 0))")
     if video.dtype != np.uint8 and not np.issubdtype(video.dtype, np.floating):
-        raise ValueError(f"video dtype must be uint8 (0..255) or float ([-1, 1]), got {video.dtype}")
+        raise ValueError(f"video dtype must be uint8 (0..255) or float ([-1, 1]), got "
+                         f"{video.dtype}")
+    if video.shape[0] < MIN_FRAMES:
+        raise ValueError(f"video has {video.shape[0]} frames; the verifier needs at least "
+                         f"MIN_FRAMES = {MIN_FRAMES} (frame 0, the motion, the held end state)")
     return video
+
+
+def _non_finite(video):
+    """Reason string if a float video holds NaN or inf, else None; ValueError outside [-1, 1].
+
+    No tolerance: -1 and 1 are exact in every float format, so rounding a value inside [-1, 1]
+    (float64 -> float32 -> bfloat16) never leaves it; a value outside comes from an unclamped
+    decoder or a 0..255 video passed as float.
+    """
+    if video.dtype == np.uint8:
+        return None
+    lo, hi = float(np.min(video)), float(np.max(video))  # NaN propagates through min and max
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "the video holds NaN or inf values"
+    if lo < -1 or hi > 1:
+        raise ValueError(f"float video must be in [-1, 1] (VAE decoder output); it spans "
+                         f"[{lo:.4g}, {hi:.4g}]. Clamp it, or pass uint8 for 0..255 data")
+    return None
+
+
+def _to_255(a):
+    """Pixel values of a uint8 or [-1, 1] float array as float32 0..255."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32)
+    return (a.astype(np.float32) + 1) * 127.5
 
 
 def _cell_means(video, g):
     """Mean RGB (0..255) of each cell's central patch in every frame: (F, R, C, 3) float32.
 
-    Gathers the patch rows first (one contiguous copy), sums them, then sums the patch columns: about
-    3 ms for 49 x 480 x 480, where a mean over the strided 6-d view costs 5x more.
+    Gathers the patch rows first (one contiguous copy), sums them, then sums the patch columns:
+    about 3 ms for 49 x 480 x 480, where a mean over the strided 6-d view costs 5x more.
     """
     n_frames = video.shape[0]
     rows, cols, c = g.rows, g.cols, g.cell
@@ -106,18 +179,92 @@ def _cell_means(video, g):
     a = a.reshape(n_frames, rows, p, cols * c * 3).sum(axis=2, dtype=acc)  # (F, R, C*c*3)
     a = a.reshape(n_frames, rows, cols, c, 3)[:, :, :, lo:lo + p]          # (F, R, C, p, 3)
     means = a.sum(axis=3, dtype=np.float32) / (p * p)                     # (F, R, C, 3)
-    if floating:  # [-1, 1] -> [0, 255]; means of values in [-1, 1] stay in it, so this checks the range
-        finite = means[np.isfinite(means)]
-        if finite.size and (finite.min() < -1.5 or finite.max() > 1.5):
-            raise ValueError(f"float video must be in [-1, 1] (VAE decoder output); its cell means span "
-                             f"[{finite.min():.3g}, {finite.max():.3g}]. Pass uint8 for 0..255 data")
-        means = (np.clip(means, -1, 1) + 1) * 127.5
+    if floating:
+        means = (means + 1) * 127.5
     return means
 
 
+def _samples(video, g):
+    """Mean colour (0..255) of SAMPLES x SAMPLES blocks tiling each cell: (F, R*S, C*S, 3) float32.
+
+    Block means (over up to 4 evenly spaced pixel rows of the block and all its columns) average
+    the pixel noise away; since the unmixing in _sprite_area is linear, the weight of a block mean
+    is the mean weight of its pixels. Rows are gathered (one contiguous copy) and summed by one
+    reduction, columns by adding the block's column slices (a strided reduction over a short axis
+    is several times slower in numpy).
+    """
+    n_frames, side = video.shape[0], g.cell // SAMPLES
+    rows, cols = g.rows * SAMPLES, g.cols * SAMPLES
+    k = min(side, 4)                                                         # pixel rows per block
+    picks = ((np.arange(k) + 0.5) * side / k).astype(int)                    # (k,)
+    ys = (g.y0 + np.arange(rows)[:, None] * side + picks[None]).ravel()     # (R*S*k,)
+    floating = video.dtype != np.uint8
+    acc = np.float32 if floating else np.uint16
+    a = video[:, ys, g.x0:g.x0 + cols * side]                                # (F, R*S*k, C*S*b, 3)
+    a = a.reshape(n_frames, rows, k, cols * side * 3).sum(axis=2, dtype=acc)  # (F, R*S, C*S*b*3)
+    a = a.reshape(n_frames, rows, cols, side, 3)
+    out = a[:, :, :, 0].astype(np.float32)                                  # (F, R*S, C*S, 3)
+    for j in range(1, side):
+        out += a[:, :, :, j]
+    out /= side * k
+    return (out + 1) * 127.5 if floating else out
+
+
+def _barycentric(protos, tetra):
+    """Per frame, the (4, 4) inverse that maps [x, 1] to the weights of the 4 classes of tetra."""
+    m = np.ones((len(protos), 4, 4), np.float32)
+    m[:, :3, :] = protos[:, list(tetra)].transpose(0, 2, 1)                  # columns: classes
+    return np.linalg.pinv(m)                                                 # (F, 4, 4)
+
+
+def _weights(x, protos, tetra, s):
+    """Weight of class s in the blocks x (F, ..., 3), unmixed over the 4 classes of tetra.
+
+    Weights outside [-0.3, 1.3] mean the block is not such a mix and count 0; above 1 count 1.
+    """
+    row = _barycentric(protos, tetra)[:, tetra.index(s)]                     # (F, 4)
+    w = np.einsum("f...c,fc->f...", x, row[:, :3])
+    w += row[:, 3].reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.where((w < -0.3) | (w > 1.3), 0, np.minimum(w, 1))
+
+
+def _sprite_area(samples, protos, sprites, tetras, special, ref):
+    """Area of each sprite class in each cell, in units of its frame-0 area: (len, F, R, C).
+
+    Four class colours span 3-d colour space, so a block that mixes them has unique barycentric
+    weights x = sum_k w_k p_k, sum_k w_k = 1 (our design). Blocks use tetras[0] (e.g. floor, wall,
+    trail, agent in the maze): blur, soft edges and a sprite smeared over frames give fractional
+    weights that add up to about the sprite's area, and a blurred wall-floor edge has none. A
+    cell's area is the mean weight of its blocks, clipped at 0 only then, so pixel noise averages
+    out instead of adding up. On the `special` cells (the maze goal, Sokoban targets) a fifth class
+    shows in the middle: there only the central 2 x 2 blocks are read, with tetras[1] (that class
+    instead of the wall), scaled by the whole-cell / central ratio of the sprite in frame 0.
+    Areas are divided by the sprite's frame-0 area on its cell ref[i]. protos (F, K, 3) per frame;
+    samples (F, R*S, C*S, 3) block means (_samples); special (R, C) bool.
+    """
+    n_frames, height, width = samples.shape[:3]
+    rows, cols = height // SAMPLES, width // SAMPLES
+    blocks = samples.reshape(n_frames, rows, SAMPLES, cols, SAMPLES, 3)
+    mid = slice(SAMPLES // 2 - 1, SAMPLES // 2 + 1)
+    out = []
+    for s, (r, c) in zip(sprites, ref):
+        area = np.maximum(_weights(blocks, protos, tetras[0], s).mean(axis=(2, 4)), 0)  # (F, R, C)
+        if special.any():
+            centre = _weights(blocks[:, :, mid, :, mid], protos, tetras[1], s)  # (F, R, 2, C, 2)
+            whole = area[0, r, c]
+            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos, tetras[0], s).mean()
+            scale = whole / inner if inner > 0.05 else 1.0
+            area = np.where(special, np.maximum(centre.mean(axis=(2, 4)), 0) * scale, area)
+        out.append(area / max(float(area[0, r, c]), 0.02))
+    return np.stack(out)                                                     # (len, F, R, C)
+
+
 def _classify(means, protos, ratio):
-    """Nearest prototype per cell with the ratio / MAX_DIST rejection: (F, R, C) int, UNKNOWN if unsure."""
-    d = np.sqrt(((means[..., None, :] - protos) ** 2).sum(-1))  # (F, R, C, K)
+    """Nearest prototype per cell with the ratio / MAX_DIST rejection: (F, R, C), UNKNOWN if unsure.
+
+    protos (F, K, 3): one prototype set per frame.
+    """
+    d = np.sqrt(((means[..., None, :] - protos[:, None, None]) ** 2).sum(-1))  # (F, R, C, K)
     two = np.partition(d, 1, axis=-1)                            # [..., 0] best, [..., 1] runner-up
     best = d.argmin(-1)
     ok = (two[..., 0] <= ratio * two[..., 1]) & (two[..., 0] <= MAX_DIST)  # NaN compares False
@@ -125,9 +272,12 @@ def _classify(means, protos, ratio):
 
 
 def _calibrate(m0, expect, palette):
-    """Prototypes from frame 0: the median colour of the cells whose class frame 0 must show; classes
-    absent from frame 0 (the maze trail) get their palette colour through a per-channel affine fit
-    (gain, offset) of palette -> observed over the present classes (spec 8.3, step 3)."""
+    """Prototypes from frame 0.
+
+    The median colour of the cells whose class frame 0 must show; classes absent from frame 0 (the
+    maze trail) get their palette colour through a per-channel affine fit (gain, offset) of palette
+    -> observed over the present classes (our design).
+    """
     k = len(palette)
     observed = np.zeros((k, 3), dtype=np.float32)
     present = np.zeros(k, dtype=bool)
@@ -147,28 +297,84 @@ def _calibrate(m0, expect, palette):
     return protos
 
 
-def _frame0(p, g, video, palette, expect, ratio=RATIO):
-    """Labels of every frame, or (None, reason) when frame 0 is not the puzzle (reward-hacking guard:
-    frame 0 must match the conditioning puzzle; garbage such as black or noise fails here)."""
+def _refit(means, expect, protos0, static):
+    """Per-frame prototypes (F, K, 3): frame 0's, mapped by a per-channel gain and offset per frame.
+
+    The fit uses the cells whose frame-0 class is in `static` (walls, floor, endpoints) and that
+    still read as that class in the frame (a trail or sprite covering them is left out); two rounds.
+    With one grey level only the offset is fitted. Fits outside GAIN_RANGE / OFFSET_RANGE are not
+    trusted and fall back to frame 0's prototypes (our design: colour drift on later frames).
+    """
+    n_frames = len(means)
+    ref = np.flatnonzero(np.isin(expect, static))
+    ref = ref[np.linspace(0, len(ref) - 1, min(len(ref), 96)).astype(int)]  # <= 96 cells suffice
+    y = means.reshape(len(means), -1, 3)[:, ref]                             # (F, N, 3)
+    e = expect.ravel()[ref]                                                  # (N,)
+    x = protos0[e]                                                           # (N, 3)
+    gain = np.ones((n_frames, 1, 3), np.float32)
+    offset = np.zeros((n_frames, 1, 3), np.float32)
+    for _ in range(2):
+        protos = gain * protos0[None] + offset                               # (F, K, 3)
+        d = ((y[:, :, None] - protos[:, None]) ** 2).sum(-1)                 # (F, N, K)
+        w = (d.argmin(-1) == e[None]).astype(np.float32)[..., None]          # (F, N, 1)
+        n = w.sum(1, keepdims=True)                                          # (F, 1, 1)
+        sx, sy = (w * x).sum(1, keepdims=True), (w * y).sum(1, keepdims=True)
+        sxx, sxy = (w * x * x).sum(1, keepdims=True), (w * x * y).sum(1, keepdims=True)
+        den = n * sxx - sx * sx
+        spread = den > (n * n * 400)                     # grey levels >= ~20 apart in this channel
+        g_new = np.where(spread, (n * sxy - sx * sy) / np.where(spread, den, 1), 1.0)
+        o_new = (sy - g_new * sx) / np.maximum(n, 1)
+        trust = ((n >= 2) & (g_new >= GAIN_RANGE[0]) & (g_new <= GAIN_RANGE[1])
+                 & (np.abs(o_new) <= OFFSET_RANGE))
+        gain = np.where(trust, g_new, 1.0).astype(np.float32)
+        offset = np.where(trust, o_new, 0.0).astype(np.float32)
+    gain[0], offset[0] = 1.0, 0.0
+    return np.clip(gain * protos0[None] + offset, 0, 255)
+
+
+def _observe_absent(means, labels, protos, expect):
+    """Prototypes of classes frame 0 cannot show (the maze trail), observed where the video shows
+    them: per frame, the mean colour of the cells labelled that class, once >= 2 cells are; until
+    then the fitted prototype. In place on protos (F, K, 3); returns it.
+    """
+    for k in range(protos.shape[1]):
+        if (expect == k).any():
+            continue
+        mask = (labels == k)[..., None]                                      # (F, R, C, 1)
+        n = mask.sum((1, 2))                                                 # (F, 1)
+        mean = (means * mask).sum((1, 2)) / np.maximum(n, 1)                 # (F, 3)
+        protos[:, k] = np.where(n >= 2, mean, protos[:, k])
+    return protos
+
+
+def _frame0(g, video, palette, expect, static, ratio=RATIO):
+    """(labels (F, R, C), per-frame prototypes (F, K, 3)), or (None, reason) if frame 0 is not the
+    puzzle.
+
+    Reward-hacking guard: frame 0 must match the conditioning puzzle; garbage such as black or
+    noise fails here.
+    """
     means = _cell_means(video, g)
-    if not np.isfinite(means[0]).all():
-        return None, "frame 0 has non-finite pixels"
-    protos = _calibrate(means[0], expect, palette)
-    d = np.sqrt(((protos[:, None] - protos[None]) ** 2).sum(-1)) + np.eye(len(protos)) * 1e9
+    protos0 = _calibrate(means[0], expect, palette)
+    d = np.sqrt(((protos0[:, None] - protos0[None]) ** 2).sum(-1)) + np.eye(len(protos0)) * 1e9
     if d.min() < MIN_SEPARATION:
         return None, (f"frame 0 does not show the puzzle: its class colours are not separable "
                       f"(closest pair {d.min():.0f} apart in RGB, need {MIN_SEPARATION:.0f})")
+    protos = _refit(means, expect, protos0, static)
     labels = _classify(means, protos, ratio)
+    if not all((expect == k).any() for k in range(len(palette))):
+        protos = _observe_absent(means, labels, protos, expect)
+        labels = _classify(means, protos, ratio)
     bad = np.argwhere(labels[0] != expect)
     if len(bad):
         r, c = bad[0]
-        return None, (f"frame 0 does not match the puzzle: {len(bad)} cell(s) differ, first at ({r}, {c}) "
-                      f"expected class {expect[r, c]}, found {labels[0, r, c]}")
-    return labels, None
+        return None, (f"frame 0 does not match the puzzle: {len(bad)} cell(s) differ, first at "
+                      f"({r}, {c}) expected class {expect[r, c]}, found {labels[0, r, c]}")
+    return labels, protos
 
 
 def _next_known(labels):
-    """For each frame, the cell's next label that is not UNKNOWN (UNKNOWN after the last one): (F, R, C)."""
+    """For each frame, the cell's next label that is not UNKNOWN (UNKNOWN after it): (F, R, C)."""
     nxt = np.full_like(labels, UNKNOWN)
     for f in range(len(labels) - 2, -1, -1):
         nxt[f] = np.where(labels[f + 1] != UNKNOWN, labels[f + 1], nxt[f + 1])
@@ -176,7 +382,7 @@ def _next_known(labels):
 
 
 def _final(labels, n=3):
-    """Per-cell label agreed by >= 2 of the last 3 frames (majority vote, spec 8.4), else UNKNOWN."""
+    """Per-cell label agreed by >= 2 of the last 3 frames (majority vote), else UNKNOWN."""
     last = labels[-n:]
     if len(last) < 3:
         return last[-1]
@@ -184,11 +390,73 @@ def _final(labels, n=3):
     return np.where((a == b) | (a == c), a, np.where(b == c, b, UNKNOWN))
 
 
-def allowed_moves(puzzle, n_frames, gap):
-    """Most unit moves a legal video may make across `gap` frames: the GT pace (n_moves over the first
-    pz.solve_frames(n_frames) frames) with one extra frame of time (one dropped frame is fine) plus
-    MOVE_SLACK."""
-    return int(puzzle.n_moves / pz.solve_frames(n_frames) * (gap + 1)) + MOVE_SLACK
+def _still(labels, *areas):
+    """(F,) bool: frame f shows what frame f - 1 showed (same labels, sprite areas within 0.2 of a
+    sprite in total): a held picture, as a decoded latent frame may hold it. Frame 0: False."""
+    same = (labels[1:] == labels[:-1]).all((1, 2))
+    for area in areas:
+        same &= np.abs(area[1:] - area[:-1]).sum((1, 2)) < 0.2
+    return np.concatenate([[False], same])
+
+
+def _blind_cut(readable):
+    """First frame of the first run of more than MAX_BLIND unreadable frames (NEVER if none).
+
+    A run that reaches the last frame also counts: the end state must be seen.
+    """
+    run = 0
+    for f in range(1, len(readable)):
+        run = 0 if readable[f] else run + 1
+        if run > MAX_BLIND:
+            return f - run + 1
+    return NEVER
+
+
+def _blobs(area, cells_ok=None):
+    """Sprite blobs of one frame: (main cells, main mass, second blob's mass, argmax cell).
+
+    area (R, C) sprite area per cell in units of its frame-0 area; blobs are 4-connected groups of
+    cells with >= SPRITE_MIN and >= PEAK_SHARE of the frame's largest area (colour errors along a
+    trail leave specks far below a sprite's peak). The main blob is the heaviest; a second blob
+    of SECOND_MASS or more is a second sprite (scattered specks of noise are not).
+    """
+    floor = max(SPRITE_MIN, PEAK_SHARE * area.max())
+    hot = {(int(r), int(c)) for r, c in np.argwhere(area >= floor)}
+    best, best_mass, second = set(), 0.0, 0.0
+    while hot:
+        comp, stack = set(), [hot.pop()]
+        while stack:
+            cur = stack.pop()
+            comp.add(cur)
+            for nb in pz._neighbours(cur, *area.shape):
+                if nb in hot:
+                    hot.discard(nb)
+                    stack.append(nb)
+        mass = float(sum(area[x] for x in comp))
+        if mass > best_mass:
+            best, best_mass, second = comp, mass, best_mass
+        else:
+            second = max(second, mass)
+    peak = max(best, key=lambda x: area[x]) if best else None
+    return best, best_mass, second, peak
+
+
+def allowed_moves(puzzle, n_frames, gap=1):
+    """Most unit moves a legal video may make between two readable frames, `gap` frames' worth.
+
+    MAX_PACE times the GT pace (n_moves over the first pz.solve_frames(n_frames) frames) per frame,
+    plus MOVE_SLACK. The verifier calls it with gap = 1, or CATCH_UP right after a still frame:
+    unreadable frames in between never widen the budget (our design: an unseen frame is no
+    evidence of motion).
+    """
+    pace = puzzle.n_moves / pz.solve_frames(n_frames)
+    return int(MAX_PACE * pace * gap) + MOVE_SLACK
+
+
+def _first(events):
+    """Why of the earliest event (frame, why, ...); at the same frame a named violation goes before
+    "not seen" (a frame showing two agents is also unreadable)."""
+    return min(events, key=lambda e: (e[0], "not seen" in e[1], e[1]))[1]
 
 
 def _prf(tp, n_pred, n_true):
@@ -206,11 +474,13 @@ def _failed(components, reason):
 # maze
 
 def _maze_visits(labels, start):
-    """First frame each cell is visited, (R, C) int (NEVER if not): the first frame f where it reads
-    trail or agent and its next clear reading (skipping "unknown" frames, e.g. the agent half over it)
-    is not floor again, backdated over the unknown frames just before f (a half-covered or smeared cell
-    is already being visited). The trail persists, so this orders cells by when the trail reaches them,
-    even when several cells are crossed between two frames."""
+    """First frame each cell is visited, (R, C) int (NEVER if not).
+
+    The first frame f where it reads trail or agent and its next clear reading (skipping "unknown"
+    frames, e.g. the agent half over it) is not floor again, backdated over the unknown frames just
+    before f (a half-covered or smeared cell is already being visited). The trail persists, so this
+    orders cells by when the trail reaches them, even when several are crossed between two frames.
+    """
     seen_now = (labels == M_TRAIL) | (labels == M_AGENT)                   # (F, R, C)
     steady = seen_now & (_next_known(labels) != M_FLOOR)
     first = np.where(steady.any(0), steady.argmax(0), NEVER)                # (R, C)
@@ -220,142 +490,337 @@ def _maze_visits(labels, start):
     return first
 
 
-def _maze_events(p, labels, first, n_agents, doubled):
-    """Violations of a legal walk as (frame, why), and the agent track [(frame, cell)] from the frames
-    that show exactly one agent. Checked: no wall cell visited; the visited set stays 4-connected as it
-    grows (a skipped cell is a teleport) and grows by at most allowed_moves cells per frame gap (a jump
-    cut); each new cell is within allowed_moves of the agent when it is seen within SIGHTING_WINDOW
-    frames (no trail painted away from the agent); the agent's successive cells are joined by a walk
-    over visited cells within allowed_moves; never two agents in two frames. n_agents (F,) agents per
-    frame, doubled (F-1,) two or more agents in frames f and f+1 (the caller's gate uses them too)."""
+def _maze_tree(free, root):
+    """BFS tree of the free cells from root: (parent, depth) dicts.
+
+    puzzles.py builds perfect mazes (a spanning tree of the rooms), so this tree is the maze itself
+    and tree paths are the only paths; in a maze with loops it would overestimate walk lengths.
+    """
+    parent, depth = {root: None}, {root: 0}
+    frontier = [root]
+    while frontier:
+        nxt = []
+        for cur in frontier:
+            for nb in pz._neighbours(cur, *free.shape):
+                if free[nb] and nb not in parent:
+                    parent[nb], depth[nb] = cur, depth[cur] + 1
+                    nxt.append(nb)
+        frontier = nxt
+    return parent, depth
+
+
+def _subtree(tree, terminals):
+    """Cells of the smallest subtree holding all terminals: what a walk visiting them must cover.
+
+    Lifts the deepest terminal to its parent until all meet; the cells passed are the union of
+    the tree paths between the terminals.
+    """
+    parent, depth = tree
+    frontier, cells = set(terminals), set(terminals)
+    while len(frontier) > 1:
+        x = max(frontier, key=depth.get)
+        frontier.discard(x)
+        frontier.add(parent[x])
+        cells.add(parent[x])
+    return cells
+
+
+def _maze_sightings(p, labels, area):
+    """Per frame: the agent's candidate cells (None if not seen), its blob, readable, two agents.
+
+    Candidates are the free cells of the agent's blob with >= 1/2 of its peak area, the
+    heaviest first (a smeared agent can be anywhere along its smear).
+
+    A frame is readable when one agent is seen (one blob of SEEN_MASS of its frame-0 area) and
+    at most UNREAD_SHARE (and 3) of the free cells away from it (not in or next to its blob, where
+    a moving, smeared agent leaves mixed cells) read "unknown".
+    """
     n_frames = len(labels)
-    events = [(int(first[r, c]), f"crossed the wall at ({r}, {c})") for r, c in np.argwhere(p.grid & (first < NEVER))]
-    two = np.nonzero(doubled)[0]
-    if len(two):
-        events.append((int(two[0]), f"two agents at frame {two[0]}"))
-    track = [(int(f), tuple(int(x) for x in np.argwhere(labels[f] == M_AGENT)[0]))
-             for f in np.nonzero(n_agents == 1)[0]]
-    track_frames = np.array([f for f, _ in track])
+    free = ~p.grid
+    unknown = (labels == UNKNOWN) & free                                     # (F, R, C)
+    max_unknown = max(3, UNREAD_SHARE * free.sum())
+    cells = [None] * n_frames
+    blobs = [set() for _ in range(n_frames)]
+    readable = np.zeros(n_frames, dtype=bool)
+    two = np.zeros(n_frames, dtype=bool)
+    for f in range(n_frames):
+        main, mass, other, peak = _blobs(area[f])
+        blobs[f] = main
+        seen = SEEN_MASS[0] <= mass <= SEEN_MASS[1]
+        two[f] = mass >= SEEN_MASS[0] and other >= SECOND_MASS
+        if seen and not two[f]:
+            near = np.zeros(p.grid.shape, dtype=bool)
+            for x in main:
+                near[x] = True
+            near |= _dilate(near)
+            cells[f] = sorted((x for x in main if free[x] and area[f][x] >= 0.5 * area[f][peak]),
+                              key=lambda x: -area[f][x])
+            readable[f] = (unknown[f] & ~near).sum() <= max_unknown and bool(cells[f])
+    return cells, blobs, readable, two
 
-    visited = np.zeros(p.grid.shape, dtype=bool)
-    visited[p.start] = True
-    last_growth = 0
-    for f in np.unique(first[(first > 0) & (first < NEVER)]):
-        new = first == f
-        grown = visited | new
-        # the old set is connected, so only the new cells need a flood: from those touching it
-        cells = {(int(r), int(c)) for r, c in np.argwhere(new)}
-        reached = [x for x in cells if any(visited[nb] for nb in pz._neighbours(x, *p.grid.shape))]
-        stack, reached = list(reached), set(reached)
-        while stack:
-            for nb in pz._neighbours(stack.pop(), *p.grid.shape):
-                if nb in cells and nb not in reached:
-                    reached.add(nb)
-                    stack.append(nb)
-        if cells - reached:
-            events.append((int(f), f"teleport: cell {min(cells - reached)} appeared at frame {f} "
-                                   "not connected to the visited cells"))
-        if new.sum() > allowed_moves(p, n_frames, f - last_growth):
-            events.append((int(f), f"{int(new.sum())} cells visited within {f - last_growth} frame(s) at frame {f}"))
-        nearest = int(np.abs(track_frames - f).argmin()) if len(track) else None
-        if nearest is not None and abs(track[nearest][0] - f) <= SIGHTING_WINDOW:
-            # the trail is drawn by the agent: new cells lie within reach of where it is seen
-            fa, a = track[nearest]
-            near = pz.bfs_distances(grown | (first <= fa), a, allowed_moves(p, n_frames, abs(int(f) - fa)))
-            far = [tuple(int(x) for x in c) for c in np.argwhere(new) if tuple(int(x) for x in c) not in near]
-            if far:
-                events.append((int(f), f"trail appeared at {far[0]} in frame {f}, away from the agent at {a}"))
-        visited, last_growth = grown, f
 
-    for (fa, a), (fb, b) in zip(track, track[1:]):
-        if a != b:
-            walkable = first <= fb
-            walkable[a] = walkable[b] = True
-            if b not in pz.bfs_distances(walkable, a, allowed_moves(p, n_frames, fb - fa)):
-                events.append((int(fb), f"agent jumped from {a} to {b} in {fb - fa} frame(s)"))
-                break
-    return events, track
+def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
+    """Follow the agent from sighting to sighting; (credited cells, events, last sighting).
+
+    Between successive readable frames fa < fb (agent at a, then b) the agent walks the tree path
+    a -> b: its new trail cells (first visited in (fa, fb]) are seen walked when they lie on that
+    path, next to a or b, or where the agent's blob was seen in fa or fb (a dead end it stepped
+    into). Other new
+    trail cells are trail off the walk: never credited ("away from the agent"). The walk covering
+    the credited cells has 2 * edges - d(a, b) moves and may cross only trail cells (a cell on it
+    with no trail by fb + 1 is a teleport, which ends the trajectory). A walk over the budget is a
+    pace violation: only the share budget / moves of its cells, nearest to a, is credited. Events
+    are (frame, why, ends the trajectory).
+    """
+    tree = _maze_tree(~p.grid, p.start)
+    credited, events = {p.start}, []
+    by_frame = {}
+    for r, c in np.argwhere((first > 0) & (first < NEVER) & ~p.grid):
+        by_frame.setdefault(int(first[r, c]), []).append((int(r), int(c)))
+    fa, a = 0, p.start
+    for fb in range(1, min(cut, n_frames)):
+        if not readable[fb]:
+            continue
+        new = [x for f in range(fa + 1, fb + 1) for x in by_frame.get(f, []) if x in tree[0]]
+        best = None
+        for where in cells[fb]:  # the agent may be anywhere in its (smeared) blob: the best fit
+            path = _subtree(tree, [a, where])
+            beside = set(pz._neighbours(a, *p.grid.shape) + pz._neighbours(where, *p.grid.shape))
+            seen = [x for x in new if x in path or x in beside or x in blobs[fb] or x in blobs[fa]]
+            walk = _subtree(tree, seen + [a, where])
+            moves = 2 * (len(walk) - 1) - (len(path) - 1)
+            gap = [x for x in walk - {a, where} if first[x] > fb + 1]
+            key = (bool(gap), len(new) - len(seen), moves)
+            if best is None or key < best[0]:
+                best = (key, where, seen, moves, gap)
+        _, b, seen, moves, gap = best
+        if gap:
+            events.append((fb, f"teleport: the agent went from {a} (frame {fa}) to {b} (frame "
+                               f"{fb}) over {min(gap)}, which shows no trail", True))
+            break
+        budget = allowed_moves(p, n_frames, CATCH_UP if still[fa] or fb > fa + 1 else 1)
+        off = sorted(set(new) - set(seen))
+        if off:
+            events.append((fb, f"trail appeared at {off[0]} in frame {fb}, away from the agent "
+                               f"(seen at {a} and then {b})", False))
+        if moves <= budget:
+            credited.update(seen)
+        else:
+            near = sorted(seen, key=lambda x: len(_subtree(tree, [a, x])))
+            credited.update(near[:len(seen) * budget // moves])
+            events.append((fb, f"{len(seen)} cells visited within 1 frame at frame {fb}: the walk "
+                               f"needs {moves} moves, at most {budget} are seen", False))
+        fa, a = fb, b
+    return credited, events, (fa, a)
 
 
 def _score_maze(p, g, video):
-    """Maze: P/R over path cells, SR = a legal walk start -> goal, r = R_conn * R_wall (spec 3.7, 7.2).
+    """Maze: P/R over path cells, SR = one seen, legal walk start -> goal, r = R_conn * R_wall.
 
-    Visits come from _maze_visits, violations from _maze_events; the earliest violation ends the legal
-    prefix. SR also needs no violation, the agent to end, and stay, on the goal, walls kept
-    (LAYOUT_KEEP) and no repaint: at most REPAINT_SHARE of the cells may end up changed other than by
-    trail/agent on legally visited cells; a single agent: r is scaled by the share of frames not showing
-    two agents (reward-hacking guards, spec 7.3; the three gates multiply r).
-      P = |V & S*| / |V|, R = |V & S*| / |S*|, V = visited cells minus start, S* = GT path minus start
-      R_conn = share of S* reachable from start through cells visited before the first violation
+    Labels from the patches, the agent from the samples (_maze_sightings), visits from
+    _maze_visits, the walk from _maze_walk. Violations: a wall cell with trail or agent area, two
+    agents in a frame, a teleport, more than MAX_BLIND frames without the agent (these end the
+    trajectory), and pace overruns (credit in proportion). SR also needs the agent last seen on the
+    goal in one of the last MAX_BLIND + 1 frames, walls kept (LAYOUT_KEEP) and no repaint (at most
+    REPAINT_SHARE of the cells changed other than by trail or agent on visited cells).
+      P = |V & S*| / |V|, R = |V & S*| / |S*|, V = visited cells - start, S* = GT path - start
+      R_conn = share of S* reachable from start through credited cells (the seen, paced walk)
       R_wall = (1 - w)^2, w = share of V that are walls
-      legal  = share of V visited before the first violation (cells reached by a teleport, or painted
-               away from the agent once the path is done, would otherwise cost nothing)
+      walked = share of V credited to the walk (trail off the walk costs this precision)
+      r = R_conn * R_wall * walked * layout * repaint * single (share of frames with one agent)
+    R_conn * R_wall is the paper's form (arXiv 2605.15458, section 4.3); the component definitions
+    and the gates are our design.
     """
     palette = np.array([pz.MAZE_COLORS[k] for k in MAZE_CLASSES], dtype=np.float32)
     expect = np.where(p.grid, M_WALL, M_FLOOR)
     expect[p.goal], expect[p.start] = M_GOAL, M_AGENT
-    zero = dict(conn=0.0, wall=0.0, legal=0.0, layout=0.0, repaint=0.0, single_agent=0.0)
-    labels, why = _frame0(p, g, video, palette, expect)
+    zero = dict(conn=0.0, wall=0.0, walked=0.0, layout=0.0, repaint=0.0, single_agent=0.0)
+    labels, protos = _frame0(g, video, palette, expect, (M_FLOOR, M_WALL))
     if labels is None:
-        return _failed(zero, why)
+        return _failed(zero, protos)
+    n_frames = len(labels)
+    tetras = ((M_FLOOR, M_WALL, M_TRAIL, M_AGENT), (M_FLOOR, M_GOAL, M_TRAIL, M_AGENT))
+    area = _sprite_area(_samples(video, g), protos, (M_AGENT,), tetras, expect == M_GOAL,
+                        [p.start])[0]                                          # (F, R, C)
     first = _maze_visits(labels, p.start)
-    n_agents = (labels == M_AGENT).sum((1, 2))                               # (F,)
-    doubled = (n_agents[:-1] >= 2) & (n_agents[1:] >= 2)                    # (F-1,) two agents twice in a row
-    events, track = _maze_events(p, labels, first, n_agents, doubled)
-    # single-agent gate (spec 7.3): the share of frame pairs not showing two agents twice in a row
-    single = 1.0 - float(doubled.mean()) if len(labels) > 1 else 1.0
+    cells, blobs, readable, two = _maze_sightings(p, labels, area)
 
-    cut = min((f for f, _ in events), default=NEVER)
-    legal = (first < cut) & ~p.grid
+    events = []
+    cut = _blind_cut(readable)
+    if cut < NEVER:
+        events.append((cut, f"the agent is not seen (or the board not read) in more than "
+                            f"{MAX_BLIND} frames in a row from frame {cut}", True))
+    for r, c in np.argwhere(p.grid & (first < NEVER)):
+        events.append((int(first[r, c]), f"crossed the wall at ({r}, {c})", True))
+    in_wall = np.argwhere((area >= IN_WALL) & p.grid[None])
+    if len(in_wall):
+        f, r, c = in_wall[0]
+        events.append((int(f), f"crossed the wall at ({r}, {c}): agent inside it, frame {f}", True))
+    if two.any():
+        f = int(np.argmax(two))
+        events.append((f, f"two agents at frame {f}", True))
+    cut = min([cut] + [f for f, _, ends in events if ends])
+    still = _still(labels, area)
+    credited, walk_events, (f_last, a_last) = _maze_walk(p, first, cells, blobs, readable, still,
+                                                         cut, n_frames)
+    events += walk_events
+    single = 1.0 - float(two[1:].mean())
+
     end = _final(labels)
     walls_kept = float((end[p.grid] == M_WALL).mean())
     layout = float(walls_kept >= LAYOUT_KEEP)
-    # changes the legal walk explains: trail or agent on a cell it visited; anything else is a repaint
-    explained = (end == expect) | (legal & ((end == M_TRAIL) | (end == M_AGENT)))
+    visited = (first < NEVER) & ~p.grid
+    explained = (end == expect) | (visited & ((end == M_TRAIL) | (end == M_AGENT)))
     repainted = int((~explained).sum())
     repaint = float(repainted <= REPAINT_SHARE * p.grid.size)
-    on_goal = bool(track) and track[-1][1] == p.goal and end[p.goal] == M_AGENT
+    on_goal = a_last == p.goal and f_last >= n_frames - 1 - MAX_BLIND
 
     gt = set(p.solution[1:])
     pred = {(int(r), int(c)) for r, c in np.argwhere(first < NEVER)} - {p.start}
     precision, recall, f1 = _prf(len(pred & gt), len(pred), len(gt))
+    legal = np.zeros(p.grid.shape, dtype=bool)
+    for x in credited:
+        legal[x] = True
     conn = len(gt & set(pz.bfs_distances(legal, p.start))) / len(gt)
     wall = float(1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
-    lawful = sum(bool(legal[c]) for c in pred) / len(pred) if pred else 0.0
-    reward = conn * wall * lawful * layout * repaint * single
+    walked = len(pred & credited) / len(pred) if pred else 0.0
+    reward = conn * wall * walked * layout * repaint * single
 
     if events:
-        reason = min(events)[1]
+        reason = _first(events)
     elif not pred:
         reason = "nothing moved: the agent never left the start (static video?)"
     elif not layout:
-        reason = f"layout changed: only {walls_kept:.0%} of the wall cells still read as wall at the end"
+        reason = (f"layout changed: only {walls_kept:.0%} of the wall cells still read as wall "
+                  "at the end")
     elif not repaint:
-        reason = f"wholesale repaint: {repainted} cells changed in ways the legal walk does not explain"
-    elif not on_goal:
+        reason = (f"wholesale repaint: {repainted} cells changed in ways the legal walk does not "
+                  "explain")
+    elif not on_goal or conn < 1:
         reason = "the agent does not end on the goal"
     else:
         reason = "ok"
-    comps = dict(conn=conn, wall=wall, legal=lawful, layout=layout, repaint=repaint, single_agent=single, first_frame=1.0)
+    comps = dict(conn=conn, wall=wall, walked=walked, layout=layout, repaint=repaint,
+                 single_agent=single, first_frame=1.0)
     return Score(precision, recall, f1, int(reason == "ok"), float(reward), comps, reason)
 
 
 # -----------------------------------------------------------------------------
 # FlowFree
 
-def _score_flowfree(p, g, video, weights):
-    """FlowFree: cell colouring of the final frames vs the solution (spec 4.5, 7.2).
+def _same_neighbours(colouring):
+    """Same-colour coloured 4-neighbours per cell of (..., R, C) colourings (labels >= 1 count)."""
+    rows, cols = colouring.shape[-2:]
+    pad = np.full(colouring.shape[:-2] + (rows + 2, cols + 2), UNKNOWN)
+    pad[..., 1:-1, 1:-1] = colouring
+    same = np.zeros(colouring.shape, dtype=int)
+    for dr, dc in pz.DIRS:
+        nb = pad[..., 1 + dr:1 + dr + rows, 1 + dc:1 + dc + cols]
+        same += (nb == colouring) & (colouring >= 1)
+    return same
 
-    Final colouring = majority of the last 3 frames. N = non-endpoint cells.
+
+def _dilate(mask):
+    """Cells of (..., R, C) bool masks with a True 4-neighbour."""
+    out = np.zeros_like(mask)
+    out[..., 1:, :] |= mask[..., :-1, :]
+    out[..., :-1, :] |= mask[..., 1:, :]
+    out[..., :, 1:] |= mask[..., :, :-1]
+    out[..., :, :-1] |= mask[..., :, 1:]
+    return out
+
+
+def _flow_process(p, labels, expect):
+    """What every readable frame of a FlowFree video must show (our rules; see the module text).
+
+    Returns (readable (F,) bool, events [(frame, why, ends trajectory)], pace credit in [0, 1]).
+    A cell's colour is its first reading steady over 2 frames. Checked in each readable frame: an
+    endpoint reads another colour; a cell reads a colour other than its own (a crossing, a flashed
+    wrong board); a drawn cell is erased (steady background again); a cell has three same-colour
+    neighbours (an endpoint two): a branch or self-touch. Between readable frames: the newly drawn
+    cells of each colour join that colour's cells drawn before (growth from the endpoints), and
+    at most allowed_moves(..., 1) of them (CATCH_UP frames' worth after a still frame); pace
+    credit = seen moves within budget / all moves.
+    """
+    n_frames, size = len(labels), p.grid.shape[0]
+    readable = (labels == UNKNOWN).sum((1, 2)) <= max(3, UNREAD_SHARE * size * size)
+    readable[0] = True
+    steady = np.where(labels[:-1] == labels[1:], labels[:-1], UNKNOWN)      # (F-1, R, C)
+    painted = steady >= 1
+    first = np.where(painted.any(0), painted.argmax(0), NEVER)              # (R, C)
+    colour = np.take_along_axis(steady, np.minimum(first, n_frames - 2)[None], 0)[0]
+    colour = np.where(first < NEVER, colour, UNKNOWN)                       # (R, C)
+    frames = np.arange(n_frames)[:, None, None]
+    drawn = labels >= 1
+    bad = {
+        "an endpoint changed colour": (expect >= 1) & (labels != UNKNOWN) & (labels != expect),
+        "a cell changed colour after it was drawn (a crossing or a flashed board)":
+            drawn & (colour >= 1) & (labels != colour),
+        "a drawn cell was erased": np.concatenate([steady == 0, np.zeros_like(steady[:1], bool)])
+            & (frames > first),
+        "a pipe branches or touches itself: not a simple path":
+            drawn & (_same_neighbours(labels) > np.where(expect >= 1, 1, 2)),
+    }
+    events = []
+    for why, mask in bad.items():
+        hit = np.nonzero(mask.any((1, 2)) & readable)[0]
+        if len(hit):
+            r, c = np.argwhere(mask[hit[0]])[0]
+            events.append((int(hit[0]), f"{why}: cell ({r}, {c}), frame {hit[0]}", True))
+    grown = expect >= 1
+    still = _still(labels)
+    fa, seen, over = 0, 0, 0
+    for fb in np.nonzero(readable)[0][1:]:
+        new = (first > fa) & (first <= fb) & (expect < 1)
+        n_new = int(new.sum())
+        budget = allowed_moves(p, n_frames, CATCH_UP if still[fa] or fb > fa + 1 else 1)
+        seen, over = seen + min(n_new, budget), over + max(0, n_new - budget)
+        if n_new > budget:
+            events.append((int(fb), f"{n_new} cells drawn within 1 frame at frame {fb}, at most "
+                                    f"{budget} are seen", False))
+        same = (colour[None] == np.arange(1, len(p.endpoints) + 1)[:, None, None])  # (k, R, C)
+        reach = grown & same
+        for _ in range(n_new):
+            grow = new & same & _dilate(reach) & ~reach
+            if not grow.any():
+                break
+            reach |= grow
+        loose = new & ~reach.any(0)
+        if loose.any():
+            r, c = np.argwhere(loose)[0]
+            events.append((int(fb), f"pipe cell ({r}, {c}) of colour {colour[r, c] - 1} in frame "
+                                    f"{fb} is not on a simple path grown from its endpoints", True))
+        grown |= new
+        fa = fb
+    pace = seen / (seen + over) if seen + over else 1.0
+    return readable, events, pace
+
+
+def _last_known(labels):
+    """Per cell, the last label of the frames that is not UNKNOWN (UNKNOWN if none): (R, C)."""
+    out = np.full(labels.shape[1:], UNKNOWN)
+    for frame in labels:
+        out = np.where(frame != UNKNOWN, frame, out)
+    return out
+
+
+def _score_flowfree(p, g, video, weights):
+    """FlowFree: the drawing process (_flow_process) and the colouring it ends on.
+
+    The colouring is each cell's last clear reading in the readable frames before the trajectory
+    ends (a blind run, or the first violation that ends it), so a cell drawn on the last frame
+    counts. N = non-endpoint cells.
       P = correct / coloured cells of N, R = correct / |N| (endpoints excluded: they are given)
-      SR = every cell coloured, endpoints keep their colour, each colour one simple path (connected,
-           endpoints with 1 same-colour neighbour, other cells 2: no branch, no self-touch, no loop),
-           and no cell ever changes colour once drawn (checked over all frames, steady for 2 frames)
+      SR = no violation, every cell coloured, endpoints keep their colour, each colour one simple
+           path (connected, endpoints with 1 same-colour neighbour, other cells 2)
       c1 endpoints    = share of endpoints with their colour and exactly 1 same-colour neighbour
       c2 connectivity = share of colours whose two endpoints are joined through same-colour cells
-      c3 validity     = share of N coloured with exactly 2 same-colour neighbours (over |N|, not over
-                        the coloured cells, so colouring one cell well is not worth 30%)
+      c3 validity     = share of N coloured with exactly 2 same-colour neighbours
       c4 coverage     = share of N coloured
+      r = (w . c) * P * pace
+    The weights are the paper's (arXiv 2605.15458, section 4.3); the mapping of the terms and the
+    factors P (a complete but wrong board cannot outscore a correct partial one: the puzzle has one
+    solution, so P against the GT is P against every solution) and pace are our design.
     A static video scores 0 on all four (endpoints have no same-colour neighbour yet).
     """
     k = len(p.endpoints)
@@ -364,49 +829,44 @@ def _score_flowfree(p, g, video, weights):
     expect = np.zeros((size, size), dtype=int)
     for i, (a, b) in enumerate(p.endpoints):
         expect[a] = expect[b] = i + 1
-    zero = dict(endpoints=0.0, connectivity=0.0, validity=0.0, coverage=0.0)
-    labels, why = _frame0(p, g, video, palette, expect, FLOW_RATIO)
+    zero = dict(endpoints=0.0, connectivity=0.0, validity=0.0, coverage=0.0, pace=0.0)
+    labels, protos = _frame0(g, video, palette, expect, tuple(range(k + 1)), FLOW_RATIO)
     if labels is None:
-        return _failed(zero, why)
+        return _failed(zero, protos)
+    readable, events, pace = _flow_process(p, labels, expect)
+    cut = _blind_cut(readable)
+    if cut < NEVER:
+        events.append((cut, f"the board is not read in more than {MAX_BLIND} frames in a row "
+                            f"from frame {cut}", True))
+    cut = min([cut] + [f for f, _, ends in events if ends])
+    keep = readable & (np.arange(len(labels)) < cut)
+    final = _last_known(labels[keep])
 
-    steady = np.where(labels[:-1] == labels[1:], labels[:-1], UNKNOWN) if len(labels) > 1 else labels  # (F-1, R, C)
-    painted = steady >= 1
-    first = np.where(painted.any(0), painted.argmax(0), 0)                  # (R, C)
-    colour0 = np.take_along_axis(steady, first[None], 0)[0]                 # (R, C)
-    later = np.arange(len(steady))[:, None, None] > first
-    recolour = painted.any(0) & ((steady != UNKNOWN) & (steady != colour0) & later).any(0)
-
-    final = _final(labels)
-    same = np.zeros((size, size), dtype=int)  # same-colour coloured neighbours
-    for dr, dc in pz.DIRS:
-        shifted = np.full((size + 2, size + 2), UNKNOWN)
-        shifted[1:-1, 1:-1] = final
-        nb = shifted[1 + dr:1 + dr + size, 1 + dc:1 + dc + size]
-        same += (nb == final) & (final >= 1)
-    is_end = expect >= 1
-    n_cells = ~is_end
+    same = _same_neighbours(final)
+    n_cells = expect < 1
     coloured = final >= 1
-    ends_ok = [final[e] == i + 1 and same[e] == 1 for i, pair in enumerate(p.endpoints) for e in pair]
-    joined = [bool(final[a] == i + 1 and final[b] == i + 1 and b in pz.bfs_distances(final == i + 1, a))
+    ends_ok = [final[e] == i + 1 and same[e] == 1
+               for i, pair in enumerate(p.endpoints) for e in pair]
+    joined = [bool(final[a] == i + 1 and final[b] == i + 1
+                   and b in pz.bfs_distances(final == i + 1, a))
               for i, (a, b) in enumerate(p.endpoints)]
-    c1 = float(np.mean(ends_ok))
-    c2 = float(np.mean(joined))
-    c3 = float((n_cells & coloured & (same == 2)).sum() / n_cells.sum())
-    c4 = float((n_cells & coloured).sum() / n_cells.sum())
-    reward = float(np.dot(weights, (c1, c2, c3, c4)))
+    terms = (float(np.mean(ends_ok)), float(np.mean(joined)),
+             float((n_cells & coloured & (same == 2)).sum() / n_cells.sum()),
+             float((n_cells & coloured).sum() / n_cells.sum()))
 
     truth = np.full((size, size), UNKNOWN)
     for i, path in enumerate(p.paths):
         for cell in path:
             truth[cell] = i + 1
-    precision, recall, f1 = _prf(int((n_cells & (final == truth)).sum()), int((n_cells & coloured).sum()),
-                                 int(n_cells.sum()))
-    single = [len(pz.bfs_distances(final == i + 1, a)) == (final == i + 1).sum() for i, (a, _) in enumerate(p.endpoints)]
-    if not (n_cells & coloured).any():
+    precision, recall, f1 = _prf(int((n_cells & (final == truth)).sum()),
+                                 int((n_cells & coloured).sum()), int(n_cells.sum()))
+    reward = float(np.dot(weights, terms)) * (precision or 0.0) * pace
+    single = [len(pz.bfs_distances(final == i + 1, a)) == (final == i + 1).sum()
+              for i, (a, _) in enumerate(p.endpoints)]
+    if events:
+        reason = _first(events)
+    elif not (n_cells & coloured).any():
         reason = "nothing drawn: no pipe cell coloured (static video?)"
-    elif recolour.any():
-        r, c = np.argwhere(recolour)[0]
-        reason = f"cell ({r}, {c}) changed colour after it was drawn"
     elif not coloured.all():
         reason = f"{int((~coloured).sum())} cell(s) not coloured at the end"
     elif not all(final[e] == i + 1 for i, pair in enumerate(p.endpoints) for e in pair):
@@ -417,7 +877,8 @@ def _score_flowfree(p, g, video, weights):
                   "a pipe branches or touches itself")
     else:
         reason = "ok"
-    comps = dict(endpoints=c1, connectivity=c2, validity=c3, coverage=c4, first_frame=1.0)
+    comps = dict(endpoints=terms[0], connectivity=terms[1], validity=terms[2], coverage=terms[3],
+                 pace=pace, first_frame=1.0)
     return Score(precision, recall, f1, int(reason == "ok"), reward, comps, reason)
 
 
@@ -425,16 +886,19 @@ def _score_flowfree(p, g, video, weights):
 # Sokoban
 
 def _sokoban_walk(wall, a, b, limit, known=frozenset()):
-    """Pushes (box cell before, box cell after) of a legal unit-move sequence of at most `limit` moves
-    from state a to state b (states: (player, frozenset of boxes)), or None if there is none.
+    """Pushes of a legal unit-move sequence of at most `limit` moves from state a to state b.
+
+    States are (player, frozenset of boxes); returns (pushes [(box cell before, after)], moves
+    from the first push to the end: 0 without a push), or None if there is no such sequence.
 
     Of all such sequences it returns one with the fewest pushes: pushes nobody saw are not invented
     (the shortest walk may push a box out and back where the video walked around it). Among those it
     prefers pushes in `known` (the GT's): when sprites sit between cells for many frames, two routes
     can explain the same change and the pixels cannot tell which was taken. A move steps onto
-    free floor, or into a box that slides one cell onto free floor (no chains, no pulls). Search: one
-    layer per move count, each state kept with its fewest pushes; stops early once the lower bound
-    (each moved box needs its Manhattan shift in pushes) is met, or after MAX_WALK_STATES states.
+    free floor, or into a box that slides one cell onto free floor (no chains, no pulls). Search:
+    one layer per move count, each state kept with its fewest pushes; stops early once the lower
+    bound (each moved box needs its Manhattan shift in pushes) is met, or after MAX_WALK_STATES
+    states.
     """
     moved_from, moved_to = a[1] - b[1], b[1] - a[1]
     if len(moved_from) != len(moved_to):
@@ -442,7 +906,8 @@ def _sokoban_walk(wall, a, b, limit, known=frozenset()):
     bound = sum(min(abs(x[0] - y[0]) + abs(x[1] - y[1]) for y in moved_to) for x in moved_from)
     if bound > limit:
         return None  # prunes far teleports without a search
-    layers = [{a: ((0, 0), None, None)}]  # per move count: state -> ((pushes, non-GT pushes), parent, push)
+    # per move count: state -> ((pushes, non-GT pushes), parent, push)
+    layers = [{a: ((0, 0), None, None)}]
     found, work = None, 0
     for t in range(1, limit + 1):
         layer = {}
@@ -458,7 +923,8 @@ def _sokoban_walk(wall, a, b, limit, known=frozenset()):
                     if wall[dest] or dest in boxes:
                         continue
                     push, new = (step, dest), (step, (boxes - {step}) | {dest})
-                cost = (n_push + (push is not None), n_new + (push is not None and push not in known))
+                pushed = push is not None
+                cost = (n_push + pushed, n_new + (pushed and push not in known))
                 if new not in layer or layer[new][0] > cost:
                     layer[new] = (cost, state, push)
         layers.append(layer)
@@ -469,68 +935,139 @@ def _sokoban_walk(wall, a, b, limit, known=frozenset()):
             break
     if found is None:
         return None
-    pushes, state = [], b
+    pushes, state, first_push = [], b, found + 1
     for t in range(found, 0, -1):
         _, state, push = layers[t][state]
         if push:
             pushes.append(push)
-    return pushes[::-1]
+            first_push = t
+    return pushes[::-1], found - first_push + 1
 
 
-def _sokoban_frames(p, labels):
-    """Per-frame violations as (frame, why), and the runs of clear boards [first frame, last frame,
-    (player, frozenset of boxes)]. A frame is clear when every floor cell reads clearly (frames with
-    sprites between cells are skipped) and it shows one player and all boxes. Violations that need one
-    frame only (sprites never cover a cell they are not on): a box or player read inside a wall; a clear
-    frame with one player but a box missing or extra (the player walked onto a box, or a box is between
-    cells while the player stands still: in a push both move in lockstep, so mid-push the player is not
-    clear either). Over two frames: a target reading as floor, two players."""
-    n_boxes = len(p.boxes)
+def _pusher_ok(main, box_area, box, boxes):
+    """False if the box at `box` is between two cells (box area split with a free neighbour) and
+    the player's blob `main` is not within one cell of that axis line: behind the box, under it (a
+    smeared push) or ahead of it (a smeared player may show a cell to the side). A push moves
+    player and box in lockstep (our design; the walk search between boards rules out pulls).
+    """
+    for nb in pz._neighbours(box, *box_area.shape):
+        if nb in boxes or box_area[nb] < SPRITE_MIN or box_area[box] >= 0.8:
+            continue
+        d = np.subtract(nb, box)
+        line = {tuple(np.subtract(box, d)), box, nb, tuple(np.add(nb, d))}
+        if not any(abs(x[0] - y[0]) + abs(x[1] - y[1]) <= 1 for x in line for y in main):
+            return False
+    return True
+
+
+def _sokoban_frames(p, labels, player_area, box_area):
+    """Per frame: the board (player, frozenset of boxes) or None, and violations (frame, why, ends).
+
+    A board with player None: the boxes read at rest but the player is not seen (see
+    _score_sokoban for what such a frame supports).
+
+    A frame is readable (has a board) when one player is seen (SEEN_MASS of its frame-0 area) and
+    the boxes snap to distinct cells (the n cells with the most box area, each >= 0.25 of a box,
+    and no further cell with 0.8 of one: a box too many); the player stands on the heaviest cell of
+    its blob that is not a box cell.
+    Violations: player or box area >= IN_WALL inside a wall cell (a sprite between two cells
+    across a wall has passed it); two players; a box between two cells with
+    no pusher in push position; a target reading floor in two frames running.
+    """
+    n_frames, n_boxes = len(labels), len(p.boxes)
     is_target = np.zeros(p.grid.shape, dtype=bool)
     for t in p.targets:
         is_target[t] = True
     events = []
-    in_wall = p.grid & ((labels == S_BOX) | (labels == S_PLAYER))             # (F, R, C)
+    in_wall = p.grid[None] & ((player_area >= IN_WALL) | (box_area >= IN_WALL))  # (F, R, C)
     if in_wall.any():
         f, r, c = np.argwhere(in_wall)[0]
-        events.append((int(f), f"box or player inside the wall at ({r}, {c}), frame {f}"))
+        events.append((int(f), f"box or player inside the wall at ({r}, {c}), frame {f}", True))
     lost = is_target & (labels == S_FLOOR)
     lost = lost[:-1] & lost[1:]
     if lost.any():
         f, r, c = np.argwhere(lost)[0]
-        events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}"))
-    n_player = (labels == S_PLAYER).sum((1, 2))                              # (F,)
-    n_box = (labels == S_BOX).sum((1, 2))                                    # (F,)
-    two = np.nonzero((n_player[:-1] >= 2) & (n_player[1:] >= 2))[0]
-    if len(two):
-        events.append((int(two[0]), f"two players at frame {two[0]}"))
-    floor_ok = np.where(is_target, labels >= S_TARGET, (labels == S_FLOOR) | (labels >= S_BOX))
-    clear = (floor_ok | p.grid).all((1, 2))                                  # (F,)
-    odd = np.nonzero(clear & (n_player == 1) & (n_box != n_boxes))[0]
-    if len(odd):
-        f = int(odd[0])
-        events.append((f, f"{n_box[f]} boxes visible at frame {f}, expected {n_boxes}, the player standing "
-                          "clear (a box vanished, moved by itself, or the player walked onto it)"))
-    runs = []
-    for f in np.nonzero(clear & (n_player == 1) & (n_box == n_boxes))[0]:
-        player = tuple(int(x) for x in np.argwhere(labels[f] == S_PLAYER)[0])
-        state = (player, frozenset(tuple(int(x) for x in b) for b in np.argwhere(labels[f] == S_BOX)))
-        if runs and runs[-1][2] == state:
-            runs[-1][1] = int(f)
-        else:
-            runs.append([int(f), int(f), state])
-    return events, runs
+        events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}", True))
+    boards = [None] * n_frames
+    boards[0] = (p.start, frozenset(p.boxes))
+    free_box = np.where(p.grid, 0.0, box_area)                                  # (F, R, C)
+    for f in range(1, n_frames):
+        main, mass, other, peak = _blobs(player_area[f])
+        if mass >= SEEN_MASS[0] and other >= SECOND_MASS:
+            events.append((f, f"two players at frame {f}", True))
+            break
+        order = np.argsort(-free_box[f], axis=None)
+        cells = [tuple(int(x) for x in np.unravel_index(i, p.grid.shape)) for i in order[:n_boxes]]
+        extra = free_box[f].ravel()[order[n_boxes]]
+        if extra >= 0.8 or min(box_area[f][x] for x in cells) < 0.25:
+            continue
+        if not SEEN_MASS[0] <= mass <= SEEN_MASS[1]:
+            if all(box_area[f][x] >= 0.8 for x in cells):
+                boards[f] = (None, frozenset(cells))  # boxes at rest, the player not seen
+            continue
+        spots = sorted((x for x in main if x not in cells and not p.grid[x]),
+                       key=lambda x: -player_area[f][x])
+        if not spots:
+            continue
+        peak = spots[0]
+        moving = [b for b in cells if not _pusher_ok(main, box_area[f], b, cells)]
+        if moving:
+            events.append((f, f"box at {moving[0]} moves without a pusher in push position "
+                              f"(moved by itself), frame {f}", True))
+            break
+        boards[f] = (peak, frozenset(cells))
+    return boards, events
+
+
+def _target_mask(p):
+    """(R, C) bool: the Sokoban targets."""
+    mask = np.zeros(p.grid.shape, dtype=bool)
+    for t in p.targets:
+        mask[t] = True
+    return mask
+
+
+@lru_cache(maxsize=4096)
+def _pushes_left(wall_bytes, shape, player, boxes, targets):
+    """Optimal pushes from a board to the solution (pz.solve_sokoban), None if none is found."""
+    wall = np.frombuffer(wall_bytes, dtype=bool).reshape(shape)
+    pushes = pz.solve_sokoban(wall, player, boxes, targets, max_states=SOLVE_STATES)
+    return None if pushes is None else len(pushes)
+
+
+def _sokoban_progress(p, board):
+    """Share of the optimal pushes done: 1 - pushes left from `board` / pushes from the start.
+
+    0 if the board is further away than the start or dead (no solution found). Our design for
+    R_proc: it grows with every push that brings the solution closer and with nothing else.
+    """
+    gt = [(s[0], frozenset(s[1])) for s in p.solution]
+    n_gt = sum(a[1] != b[1] for a, b in zip(gt, gt[1:]))
+    if board in gt:
+        done = sum(a[1] != b[1] for a, b in zip(gt, gt[1:gt.index(board) + 1]))
+        return done / n_gt
+    left = _pushes_left(p.grid.tobytes(), p.grid.shape, board[0], tuple(sorted(board[1])),
+                        tuple(sorted(p.targets)))
+    return 0.0 if left is None else max(0.0, 1 - left / n_gt)
 
 
 def _score_sokoban(p, g, video, weights):
-    """Sokoban: board states per frame, legal transitions, pushes vs GT pushes (spec 5.6, 7.2).
+    """Sokoban: boards per readable frame, legal transitions, pushes vs GT pushes.
 
-    Violations and clear boards come from _sokoban_frames. Between successive distinct boards there must
-    be a legal unit-move sequence no longer than allowed_moves for the frame gap (_sokoban_walk).
+    Boards and one-frame violations come from _sokoban_frames. Between successive boards there must
+    be a legal unit-move sequence (_sokoban_walk) of at most allowed_moves(..., 1) moves from its
+    first push on, and at most MAX_PACE times the GT pace in pushes (no slack: a push is what
+    counts, and a short solution must not fit the slack of one frame); frames between them that
+    show the boxes at rest where they were (the player not seen) add one frame's budget each for
+    walking only. More than MAX_BLIND frames with neither
+    end the trajectory.
       P = |pushes & GT pushes| / |pushes|, R = ... / |GT pushes| (multisets of (from, to) box cells)
-      R_proc = legal transitions before the first violation / all transitions (0 if nothing moved)
       R_state = share of boxes on targets in the last board reached legally
-      SR = no violation, the last board has every box on a target and is seen in the last 3 frames
+      R_proc = share of the optimal pushes done by that board (_sokoban_progress)
+      SR = no violation, the last board is seen in one of the last MAX_BLIND + 1 frames and has
+           every box on a target
+    The weights are the paper's (arXiv 2605.15458, section 4.3); R_state follows its
+    boxes-on-target form, R_proc as progress is our design (no credit for moving without progress).
     """
     palette = np.array([pz.SOKO_COLORS[k] for k in SOKO_CLASSES], dtype=np.float32)
     expect = np.where(p.grid, S_WALL, S_FLOOR)
@@ -540,48 +1077,71 @@ def _score_sokoban(p, g, video, weights):
         expect[b] = S_BOX
     expect[p.start] = S_PLAYER
     zero = dict(state=0.0, proc=0.0, layout=0.0)
-    labels, why = _frame0(p, g, video, palette, expect)
+    labels, protos = _frame0(g, video, palette, expect, (S_FLOOR, S_WALL))
     if labels is None:
-        return _failed(zero, why)
+        return _failed(zero, protos)
     n_frames = len(labels)
+    tetras = ((S_FLOOR, S_WALL, S_BOX, S_PLAYER), (S_FLOOR, S_TARGET, S_BOX, S_PLAYER))
+    player_area, box_area = _sprite_area(_samples(video, g), protos, (S_PLAYER, S_BOX), tetras,
+                                         _target_mask(p), [p.start, p.boxes[0]])
     targets = frozenset(p.targets)
-    events, runs = _sokoban_frames(p, labels)
-
+    boards, events = _sokoban_frames(p, labels, player_area, box_area)
+    max_pushes = int(np.ceil(MAX_PACE * p.n_moves / pz.solve_frames(n_frames)))
+    still = _still(labels, player_area, box_area)
+    held = False
     gt_pushes = Counter((s[1][i], t[1][i]) for s, t in zip(p.solution, p.solution[1:])
                         for i in range(len(p.boxes)) if s[1][i] != t[1][i])
-    pushes, n_legal, reached = [], 0, runs[0][2] if runs else None
-    cut = min((f for f, _ in events), default=NEVER)
-    for (_, fa, a), (fb, _, b) in zip(runs, runs[1:]):
-        if fb >= cut:
-            break
-        budget = allowed_moves(p, n_frames, fb - fa)
-        step = _sokoban_walk(p.grid, a, b, budget, frozenset(gt_pushes))
-        if step is None:
-            events.append((fb, f"illegal change between frames {fa} and {fb}: no legal move sequence of "
-                               f"<= {budget} moves leads from one board to the next"))
-            break
-        pushes += step
-        n_legal += 1
-        reached = b
-    n_trans = len(runs) - 1
+    pushes, n_trans, reached, f_last, n_still, run = [], 0, boards[0], 0, 0, 0
+    cut = min([NEVER] + [f for f, _, _ in events])
+    for f in range(1, min(cut, n_frames)):
+        board = boards[f]
+        if board is None or (board[0] is None and board[1] != reached[1]):
+            run += 1
+            if run > MAX_BLIND:
+                events.append((f - run + 1, f"the player or the boxes are not seen in more than "
+                                            f"{MAX_BLIND} frames in a row from frame {f - run + 1}",
+                               True))
+                break
+            continue
+        run = 0
+        if board[0] is None:  # boxes seen where they were: the player may walk, nothing is pushed
+            n_still += 1
+            continue
+        catch_up = CATCH_UP if still[f_last] or held or f > f_last + 1 else 1
+        budget = allowed_moves(p, n_frames, catch_up)
+        held = board == reached  # the board did not change since the last one
+        if board != reached:
+            limit = allowed_moves(p, n_frames, max(catch_up, 1 + n_still))
+            step = _sokoban_walk(p.grid, reached, board, limit, frozenset(gt_pushes))
+            if step is None or step[1] > budget or len(step[0]) > max_pushes:
+                events.append((f, f"illegal change between frames {f_last} and {f}: no legal "
+                                  f"move sequence of <= {limit} moves (<= {budget} from the "
+                                  f"first push on, <= {max_pushes} pushes) leads from one board "
+                                  "to the next", True))
+                break
+            pushes += step[0]
+            n_trans += 1
+            reached = board
+        f_last, n_still = f, 0
 
     got = Counter(pushes)
-    precision, recall, f1 = _prf(sum((got & gt_pushes).values()), sum(got.values()), sum(gt_pushes.values()))
-    r_state = len(reached[1] & targets) / len(targets) if reached and n_trans > 0 else 0.0
-    r_proc = n_legal / n_trans if n_trans > 0 else 0.0
+    precision, recall, f1 = _prf(sum((got & gt_pushes).values()), sum(got.values()),
+                                 sum(gt_pushes.values()))
+    r_state = len(reached[1] & targets) / len(targets)
+    r_proc = _sokoban_progress(p, reached)
     layout = float((_final(labels)[p.grid] == S_WALL).mean() >= LAYOUT_KEEP)
     reward = (weights[0] * r_state + weights[1] * r_proc) * layout
 
     if events:
-        reason = min(events)[1]
+        reason = _first(events)
     elif n_trans <= 0:
         reason = "nothing moved: the board never changes (static video?)"
     elif not layout:
         reason = "layout changed: walls do not read as wall at the end"
-    elif runs[-1][2][1] != targets:
-        reason = f"{len(targets - runs[-1][2][1])} box(es) not on a target at the end"
-    elif runs[-1][1] < n_frames - 3:
-        reason = "the solved board is not held to the end"
+    elif reached[1] != targets:
+        reason = f"{len(targets - reached[1])} box(es) not on a target at the end"
+    elif f_last < n_frames - 1 - MAX_BLIND:
+        reason = "the solved board is not seen at the end"
     else:
         reason = "ok"
     comps = dict(state=float(r_state), proc=float(r_proc), layout=layout, first_frame=1.0)
@@ -592,31 +1152,46 @@ def _score_sokoban(p, g, video, weights):
 # entry points
 
 def score(puzzle, video, flow_weights=FLOW_WEIGHTS, sokoban_weights=SOKOBAN_WEIGHTS):
-    """Score one video of `puzzle`: P, R, F1, success (0/1), dense reward in [0, 1], its components and
-    the reason success failed ("ok" if it did not). Raises ValueError only for a wrong shape or dtype,
-    or a frame too small for the grid; any content (black, noise, a frozen frame 0) gets a Score."""
+    """Score one video of `puzzle`.
+
+    Returns P, R, F1, success (0/1), the dense reward in [0, 1], its components and the reason
+    success failed ("ok" if it did not). Raises ValueError for a wrong shape or dtype, fewer than
+    MIN_FRAMES frames, a float video outside [-1, 1], or a frame too small for the grid; any content
+    (black, noise, a frozen frame 0, NaN) gets a Score.
+    """
     video = _as_video(video)
     g = pz.geometry(puzzle, video.shape[1], video.shape[2])
+    if puzzle.domain not in pz.DOMAINS:
+        raise ValueError(f"unknown puzzle domain {puzzle.domain!r}; expected one of {pz.DOMAINS}")
+    why = _non_finite(video)
+    if why is not None:
+        return _failed({}, why)
     if puzzle.domain == "maze":
         return _score_maze(puzzle, g, video)
     if puzzle.domain == "flowfree":
         return _score_flowfree(puzzle, g, video, flow_weights)
-    if puzzle.domain == "sokoban":
-        return _score_sokoban(puzzle, g, video, sokoban_weights)
-    raise ValueError(f"unknown puzzle domain {puzzle.domain!r}; expected one of {pz.DOMAINS}")
+    return _score_sokoban(puzzle, g, video, sokoban_weights)
 
 
 def summarize(scores):
-    """Aggregate like the paper's table (spec 6): P = mean of defined per-sample P, R = mean R,
-    F1 = 2PR/(P+R) of those means, SR = mean success; plus f1_mean (mean per-sample F1), mean reward.
-    P (and F1) are nan when no sample defines P; everything is nan for an empty list."""
+    """Aggregate like the paper's table.
+
+    P = mean of defined per-sample P, R = mean R, F1 = 2PR/(P+R) of those means, SR = mean success;
+    plus f1_mean (mean per-sample F1) and the mean reward. P (and F1) are nan when no sample defines
+    P; everything is nan for an empty list.
+    """
     scores = list(scores)
-    defined = [s.precision for s in scores if s.precision is not None]
     nan = float("nan")
+    if not scores:
+        return dict(n=0, precision=nan, recall=nan, f1=nan, success=nan, f1_mean=nan, reward=nan)
+    defined = [s.precision for s in scores if s.precision is not None]
     prec = float(np.mean(defined)) if defined else nan
-    rec = float(np.mean([s.recall for s in scores])) if scores else nan
-    f1 = nan if np.isnan(prec) or np.isnan(rec) else (2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0)
+    rec = float(np.mean([s.recall for s in scores]))
+    if np.isnan(prec):
+        f1 = nan
+    else:
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
     return dict(n=len(scores), precision=prec, recall=rec, f1=f1,
-                success=float(np.mean([s.success for s in scores])) if scores else nan,
-                f1_mean=float(np.mean([s.f1 for s in scores])) if scores else nan,
-                reward=float(np.mean([s.reward for s in scores])) if scores else nan)
+                success=float(np.mean([s.success for s in scores])),
+                f1_mean=float(np.mean([s.f1 for s in scores])),
+                reward=float(np.mean([s.reward for s in scores])))

@@ -178,7 +178,8 @@ def test_maze_cheats_fail(level, height, width, frames):
         g = pz.geometry(p, height, width)
         path = p.solution
         i = len(path) // 2 - 1
-        check_cheat(p, restore(video, g, path[i + 1:i + 3]), "teleport", "agent jumped")  # skip two cells
+        check_cheat(p, restore(video, g, path[i + 1:i + 3]), "teleport", "agent jumped",
+                    "not seen")                                                 # skip two cells
         far = max((tuple(map(int, c)) for c in np.argwhere(~p.grid)),
                   key=lambda c: min(abs(c[0] - q[0]) + abs(c[1] - q[1]) for q in path))
         if far not in path:  # (some tiny mazes have no cell off the solution)
@@ -251,15 +252,15 @@ def maze_isolated_cheats(p, video, g, frames):
     ys, xs = block(g, wall)
     v[0, ys, xs] = pz.MAZE_COLORS["floor"]
     assert check_cheat(p, v, "frame 0 does not match").reward == 0
-    # the agent hidden (drawn as trail) while it moves: still a success, the trail alone decides...
+    # the agent hidden (drawn as trail) while it moves: success must be seen (issue 10), so this
+    # fails once the agent is unseen for more than MAX_BLIND frames...
     hidden = video.copy()
     agent = (hidden[1:f_c] == pz.MAZE_COLORS["agent"]).all(-1)
     hidden[1:f_c][agent] = pz.MAZE_COLORS["trail"]
-    assert rw.score(p, hidden).success == 1
-    # ... and a jump cut in it (every motion frame but the first and last removed) makes the trail grow
-    # too fast; a milder cut can stay within the 2x-pace + slack budget on an 8-move maze
+    check_cheat(p, hidden, "not seen")
+    # ... and so does a jump cut in it (every motion frame but the first and last removed)
     cut = np.concatenate([hidden[:2], hidden[f_c - 1:], np.repeat(hidden[-1:], f_c - 3, 0)])
-    check_cheat(p, cut, "cells visited within")
+    check_cheat(p, cut, "cells visited within", "not seen")
     return n + 4
 
 
@@ -329,17 +330,19 @@ def test_flowfree_cheats_fail(level, height, width, frames):
         check_cheat(p, branched, "simple path")
         # an uncoloured cell
         hole = next(c for c in sorted(owner) if c not in ends)
-        check_cheat(p, restore(video, g, [hole]), "not coloured")
+        check_cheat(p, restore(video, g, [hole]), "not coloured", "simple path")
         # an endpoint repainted with another pipe's colour in the second half
         e = p.endpoints[0][1]
         recoloured = video.copy()
         ys, xs = block(g, e)
         recoloured[frames // 2:, ys, xs] = pz.FLOW_COLORS[1]
         check_cheat(p, recoloured, "colour")
-        # the whole board painted with one colour
+        # the whole board painted with one colour: credit only for the drawing seen before it, no
+        # more than a valid video that stops there
         flood = video.copy()
         flood[frames // 2:, g.y0:g.y0 + g.rows * g.cell, g.x0:g.x0 + g.cols * g.cell] = pz.FLOW_COLORS[0]
-        assert check_cheat(p, flood, "").reward < 0.5
+        stop = np.concatenate([video[:frames // 2], np.repeat(video[frames // 2 - 1:frames // 2], frames - frames // 2, 0)])
+        assert check_cheat(p, flood, "").reward <= min(rw.score(p, stop).reward, 0.75)
 
 
 def test_flowfree_reward_grows_with_progress():
@@ -386,7 +389,10 @@ def test_sokoban_cheats_fail(level, height, width, frames):
                 # straight through between two frames cannot be seen, and a walk around the box that
                 # fits in the frame gap explains it: at 1-2 moves per frame that is accepted.)
                 states += [(b, tuple(boxes))] * 4 + [(pz._add(b, d), tuple(boxes))]
-                check_cheat(p, show(states), "walked onto it")
+                # (the frames with the player on the box are unreadable; the walk out of it is
+                # then too long for the budget, or the video ends unsolved)
+                check_cheat(p, show(states), "walked onto it", "not seen", "not on a target",
+                            "illegal change")
                 done.add("through")
         for name in done:
             counts[name] += 1
@@ -395,7 +401,7 @@ def test_sokoban_cheats_fail(level, height, width, frames):
         # boxes slide onto the targets in one step with the player standing still (mid-slide frames
         # show boxes over walls or missing, so any of these checks may fire first)
         check_cheat(p, show([(p.start, tuple(boxes)), (p.start, p.targets)]), "illegal change", "boxes visible",
-                    "inside the wall")
+                    "inside the wall", "moved by itself")
         # a jump from the puzzle to the solved board between two frames: every board is legal, but the
         # solution needs at least its (optimal) number of pushes, more than one frame gap allows
         n_pushes = sum(a[1] != b[1] for a, b in zip(p.solution, p.solution[1:]))
@@ -409,7 +415,8 @@ def test_sokoban_cheats_fail(level, height, width, frames):
             dest, reach = pz._add(b, d), approach(b, d)
             if free[dest] and (reach is None or len(reach) > 4):
                 moved = tuple(dest if x == b else x for x in boxes)
-                check_cheat(p, show([(p.start, tuple(boxes)), (p.start, moved)]), "illegal change", "moved by itself")
+                check_cheat(p, show([(p.start, tuple(boxes)), (p.start, moved)]), "illegal change", "moved by itself",
+                            "not seen")
                 counts["far"] += 1
                 break
     assert min(counts["wall"], counts["through"], counts["far"]) >= 3 and (counts["cut"] >= 3 or level == "easy"), counts
@@ -443,7 +450,7 @@ def test_garbage_gets_zero_without_raising(domain, height, frames):
     nan = np.full(video.shape, np.nan, dtype=np.float32)
     garbage = {"black": np.zeros_like(video), "white": np.full_like(video, 255),
                "noise": rng.integers(0, 256, video.shape, dtype=np.uint8), "static": np.repeat(video[:1], frames, 0),
-               "noise after frame 0": noise_tail, "nan": nan, "one frame": video[:1]}
+               "noise after frame 0": noise_tail, "nan": nan}
     for name, v in garbage.items():
         s = rw.score(p, v)
         assert s.reward == 0 and s.success == 0 and s.reason != "ok" and 0 <= s.recall <= 1, (name, s)
@@ -457,6 +464,9 @@ def test_bad_shapes_and_dtypes_raise_clear_errors():
     for bad in (video[0], video.transpose(3, 0, 1, 2), video[..., :2], video[:0]):
         with pytest.raises(ValueError, match=r"\(F, H, W, 3\)"):
             rw.score(p, bad)
+    for n in (1, 2, 3, rw.MIN_FRAMES - 1):  # fewer frames than the verifier needs
+        with pytest.raises(ValueError, match=f"at least MIN_FRAMES = {rw.MIN_FRAMES}"):
+            rw.score(p, video[:n])
     for bad in (video.astype(np.int64), video > 0):
         with pytest.raises(ValueError, match="dtype must be uint8"):
             rw.score(p, bad)
