@@ -338,6 +338,10 @@ def check_config(cfg, world):
         raise ConfigError(f"video {cfg.frames}x{cfg.height}x{cfg.width}: frames must be 4k+1 and "
                          "height/width multiples of 32 (VAE stride 4x16x16 times the DiT patch "
                          "1x2x2)")
+    if cfg.frames < reward.MIN_FRAMES:
+        raise ConfigError(f"--frames={cfg.frames}: the verifier needs at least "
+                          f"reward.MIN_FRAMES = {reward.MIN_FRAMES} frames (frame 0, the motion, "
+                          "the held end state)")
     window_end = cfg.sde_start + cfg.sde_steps
     if not 0 <= cfg.sde_start <= window_end <= cfg.num_steps:
         raise ConfigError(f"SDE window [{cfg.sde_start}, {window_end}) must lie in "

@@ -79,6 +79,8 @@ def test_presets_overrides_and_errors():
         T.check_config(T.get_config(["--frames=16"]), 1)
     with pytest.raises(ValueError, match="SDE window"):
         T.check_config(T.get_config(["--num_steps=4", "--sde_steps=5"]), 1)
+    with pytest.raises(ValueError, match="MIN_FRAMES = 9"):
+        T.check_config(T.get_config(["--frames=5"]), 1)          # the verifier's minimum
 
 
 # -----------------------------------------------------------------------------
