@@ -35,10 +35,12 @@ import contextlib
 import html
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -1437,7 +1439,10 @@ def export_diffusers(folder, dit, vae=None):
 # (added for train.py / eval.py; nothing above uses them)
 
 def latent_shape(frames, height, width, z_dim):
-    """(C, F', H', W') of a frames x height x width video: frame 0 alone, then VAE strides 4x16x16."""
+    """(C, F', H', W') of a frames x height x width video.
+
+    Frame 0 alone, then the VAE's strides 4 x 16 x 16.
+    """
     return (z_dim, (frames - 1) // 4 + 1, height // 16, width // 16)
 
 
@@ -1476,7 +1481,6 @@ def decode_videos(vae, latents, frames, batch=4):
 
     Four at a time: tiny VAE on CPU, 31 instead of 98 ms per video at 32 in one call.
     """
-    import numpy as np
     parts = []
     for i in range(0, len(latents), batch):
         video = vae.decode(latents[i:i + batch], **vae_chunks(frames))   # (b, 3, F, H, W)
@@ -1489,7 +1493,6 @@ def atomic_write(path, write):
 
     A reader (or a run killed mid-write) sees the old file or the new one, never a partial one.
     """
-    import os
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)

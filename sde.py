@@ -41,6 +41,7 @@ References
 
 Run the tests: python -m pytest tests/test_sde.py -q
 """
+import hashlib
 import math
 from typing import NamedTuple
 
@@ -602,7 +603,6 @@ def generator(device, *keys):
     Every random draw of a run is a function of where it happens, so a resumed run draws exactly
     what the uninterrupted one would, and evaluation noise does not depend on the batching.
     """
-    import hashlib
     digest = hashlib.sha256(repr(keys).encode()).digest()
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
