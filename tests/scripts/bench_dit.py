@@ -7,6 +7,7 @@ Latent grids (F, 8, 8) are what a 128x128 px video of 4F-3 frames becomes (VAE 4
 float32; the text context is a full text_len of random features. On a shared machine use --threads 1:
 two threads on two busy cores spin-wait on each other and some runs get ~10x slower.
 """
+
 import argparse
 import statistics
 import sys
@@ -39,12 +40,17 @@ def main():
     torch.manual_seed(0)
     cfg = model.DIT_CONFIGS["tiny"]
     dit = model.WanModel(cfg)
-    print(f"tiny DiT: {sum(p.numel() for p in dit.parameters()) / 1e6:.2f} M params, dim {cfg.dim}, "
-          f"{cfg.num_layers} layers, {cfg.num_heads} heads, text_len {cfg.text_len}; {torch.get_num_threads()} threads")
+    print(
+        f"tiny DiT: {sum(p.numel() for p in dit.parameters()) / 1e6:.2f} M params, dim {cfg.dim}, "
+        f"{cfg.num_layers} layers, {cfg.num_heads} heads, text_len {cfg.text_len}; {torch.get_num_threads()} threads"
+    )
 
     def inputs(B, F):
-        return (torch.randn(B, cfg.in_dim, F, 8, 8), torch.rand(B) * 1000,
-                torch.randn(B, cfg.text_len, cfg.text_dim))
+        return (
+            torch.randn(B, cfg.in_dim, F, 8, 8),
+            torch.rand(B) * 1000,
+            torch.randn(B, cfg.text_len, cfg.text_dim),
+        )
 
     for F in (2, 5, 9, 13, 25):
         tokens = F * 16
@@ -52,8 +58,10 @@ def main():
             x, t, ctx = inputs(B, F)
             with torch.no_grad():
                 sec, best = timed(lambda: dit(x, t, ctx), args.repeats)
-            print(f"forward      B={B} tokens={tokens:4d} ({4 * F - 3:3d} frames at 128 px): "
-                  f"median {sec * 1e3:8.1f} ms, min {best * 1e3:8.1f} ms")
+            print(
+                f"forward      B={B} tokens={tokens:4d} ({4 * F - 3:3d} frames at 128 px): "
+                f"median {sec * 1e3:8.1f} ms, min {best * 1e3:8.1f} ms"
+            )
     for F in (9, 13, 25):
         x, t, ctx = inputs(8, F)
         for ckpt in (False, True):
@@ -62,9 +70,12 @@ def main():
             def step():
                 dit.zero_grad(set_to_none=True)
                 dit(x, t, ctx).square().mean().backward()
+
             sec, best = timed(step, args.repeats)
-            print(f"forward+backward B=8 tokens={F * 16:4d}, gradient checkpointing {ckpt!s:5}: "
-                  f"median {sec * 1e3:8.1f} ms, min {best * 1e3:8.1f} ms")
+            print(
+                f"forward+backward B=8 tokens={F * 16:4d}, gradient checkpointing {ckpt!s:5}: "
+                f"median {sec * 1e3:8.1f} ms, min {best * 1e3:8.1f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ its rewards are all 0, so the update is given random non-zero advantages (every 
 update's full cost) instead of the filtered group advantages rl_step would compute.
 Run: python tests/scripts/bench_rl_step.py [--iters 6] [--threads 2]
 """
+
 import argparse
 import sys
 import time
@@ -23,7 +24,9 @@ import train as T  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--iters", type=int, default=6, help="timed iterations per setting (after one warm-up)")
+    ap.add_argument(
+        "--iters", type=int, default=6, help="timed iterations per setting (after one warm-up)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -39,16 +42,20 @@ def main():
     run = T.Run(cfg=cfg, dit=dit, ref=dit, vae=vae, text=text, device=device)
     opt = torch.optim.AdamW(dit.parameters(), lr=0.0)  # lr 0: both settings time the same weights
     n = cfg.num_steps
-    print(f"tiny config: {cfg.frames}x{cfg.height}x{cfg.width} video, N={n} steps, {cfg.puzzles_per_step} puzzles x "
-          f"{cfg.group_size} rollouts = {cfg.puzzles_per_step * cfg.group_size} videos per iteration, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"tiny config: {cfg.frames}x{cfg.height}x{cfg.width} video, N={n} steps, {cfg.puzzles_per_step} puzzles x "
+        f"{cfg.group_size} rollouts = {cfg.puzzles_per_step * cfg.group_size} videos per iteration, "
+        f"{torch.get_num_threads()} threads"
+    )
     times = {k: [] for k in (n // 2, n)}
     for it in range(args.iters + 1):
         for k in times:
             cfg.sde_steps = k
             t0 = time.perf_counter()
             rollout = T.rl_rollout(run, it)
-            adv = torch.randn(len(rollout.mine), generator=torch.Generator().manual_seed(it)).tolist()
+            adv = torch.randn(
+                len(rollout.mine), generator=torch.Generator().manual_seed(it)
+            ).tolist()
             t1 = time.perf_counter()
             T.rl_update(run, rollout, adv, opt)
             timing = rollout.timing
@@ -60,11 +67,15 @@ def main():
     med = {k: {p: float(np.median([t[p] for t in v])) for p in v[0]} for k, v in times.items()}
     for k, m in med.items():
         name = "Early-Step Focus" if k < n else "full-step"
-        print(f"{name:17s} K={k:2d}: total {m['total']:.2f}s = rollout {m['rollout']:.2f} + decode {m['decode']:.2f} "
-              f"+ reward {m['reward']:.2f} + update {m['update']:.2f} (+ other {m['total'] - sum(m[p] for p in ('rollout', 'decode', 'reward', 'update')):.2f})")
+        print(
+            f"{name:17s} K={k:2d}: total {m['total']:.2f}s = rollout {m['rollout']:.2f} + decode {m['decode']:.2f} "
+            f"+ reward {m['reward']:.2f} + update {m['update']:.2f} (+ other {m['total'] - sum(m[p] for p in ('rollout', 'decode', 'reward', 'update')):.2f})"
+        )
     esf, full = med[n // 2]["total"], med[n]["total"]
-    print(f"Early-Step Focus / full-step time per RL iteration: {esf / full:.2f} ({1 - esf / full:.0%} less; "
-          f"paper: about 40% less); update alone: {med[n // 2]['update'] / med[n]['update']:.2f}")
+    print(
+        f"Early-Step Focus / full-step time per RL iteration: {esf / full:.2f} ({1 - esf / full:.0%} less; "
+        f"paper: about 40% less); update alone: {med[n // 2]['update'] / med[n]['update']:.2f}"
+    )
 
 
 if __name__ == "__main__":

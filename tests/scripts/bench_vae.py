@@ -11,6 +11,7 @@ official code) should stay flat in the number of frames, apart from the output v
 one-piece decode (chunk=None) is shown for contrast. Times: median and min over --repeats runs after
 one warm-up; on a shared machine use --threads 1 (two threads on two busy cores spin-wait on each other).
 """
+
 import argparse
 import os
 import subprocess
@@ -63,14 +64,25 @@ print(peak, out_bytes, statistics.median(times), min(times))
 def measure(frames, size, chunk, mode, repeats, threads):
     """-> (peak MiB above baseline, output MiB, median s, min s), from two fresh processes: memory with
     glibc returning every large freed buffer at once (so resident memory follows the live tensors,
-    not what the allocator keeps), times with the default allocator (the setting above is slower)."""
-    code = CHILD.format(root=str(ROOT), frames=frames, size=size, chunk=chunk, mode=mode, repeats=repeats,
-                        threads=threads)
+    not what the allocator keeps), times with the default allocator (the setting above is slower).
+    """
+    code = CHILD.format(
+        root=str(ROOT),
+        frames=frames,
+        size=size,
+        chunk=chunk,
+        mode=mode,
+        repeats=repeats,
+        threads=threads,
+    )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-    mem = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=env).stdout.split()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return int(mem[0]) / 2 ** 20, int(mem[1]) / 2 ** 20, float(out[2]), float(out[3])
+    mem = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(mem[0]) / 2**20, int(mem[1]) / 2**20, float(out[2]), float(out[3])
 
 
 def main():
@@ -81,20 +93,29 @@ def main():
     args = ap.parse_args()
     s, r, th = args.size, args.repeats, args.threads
     print(f"tiny VAE (VAE_CONFIGS['tiny']), {s}x{s} px, batch 1, float32")
-    for chunk, label in ((1, "streamed, 1 latent frame per step"), (None, "one piece (chunk=None)")):
+    for chunk, label in (
+        (1, "streamed, 1 latent frame per step"),
+        (None, "one piece (chunk=None)"),
+    ):
         print(f"decode, {label}:")
         for frames in (5, 17, 33, 65):
             peak, out_mb, sec, best = measure(frames, s, chunk, "decode", r, th)
-            print(f"  {frames:3d} frames: peak above baseline {peak:7.1f} MiB (output video {out_mb:5.1f} MiB, "
-                  f"rest {peak - out_mb:7.1f} MiB) | median {sec:6.3f} s, min {best:6.3f} s")
+            print(
+                f"  {frames:3d} frames: peak above baseline {peak:7.1f} MiB (output video {out_mb:5.1f} MiB, "
+                f"rest {peak - out_mb:7.1f} MiB) | median {sec:6.3f} s, min {best:6.3f} s"
+            )
     for chunk in (1, None):
         peak, _, sec, best = measure(33, s, chunk, "encode+decode", r, th)
-        print(f"encode+decode (1, 3, 33, {s}, {s}), chunk {chunk}: median {sec:.3f} s, min {best:.3f} s, "
-              f"peak {peak:.1f} MiB")
+        print(
+            f"encode+decode (1, 3, 33, {s}, {s}), chunk {chunk}: median {sec:.3f} s, min {best:.3f} s, "
+            f"peak {peak:.1f} MiB"
+        )
     for chunk in (1, None):
         peak, _, sec, best = measure(17, s, chunk, "train", r, th)
-        print(f"autoencoder train step (1, 3, 17, {s}, {s}) fwd+bwd, chunk {chunk}: median {sec:.3f} s, "
-              f"min {best:.3f} s, peak {peak:.1f} MiB")
+        print(
+            f"autoencoder train step (1, 3, 17, {s}, {s}) fwd+bwd, chunk {chunk}: median {sec:.3f} s, "
+            f"min {best:.3f} s, peak {peak:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":

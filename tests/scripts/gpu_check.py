@@ -63,14 +63,30 @@ def train_py_api():
 
     def config(small, puzzles, group, lora):
         if small:
-            base = ["--config", "tiny", "--num_steps=4", "--sde_steps=2", "--frames=9",
-                    "--height=64", "--width=64"] + (["--lora_rank=4"] if lora else [])
+            base = [
+                "--config",
+                "tiny",
+                "--num_steps=4",
+                "--sde_steps=2",
+                "--frames=9",
+                "--height=64",
+                "--width=64",
+            ] + (["--lora_rank=4"] if lora else [])
         else:
             base = ["--config", "5b_lora" if lora else "5b"]
-        cfg = T.get_config(base + [f"--puzzles_per_step={puzzles}", f"--group_size={group}",
-                                   f"--groups_per_update={puzzles}", "--micro_batch=1",
-                                   "--gif_every=0", "--n_gpus=1", "--grad_checkpointing",
-                                   "--beta=0.0"])
+        cfg = T.get_config(
+            base
+            + [
+                f"--puzzles_per_step={puzzles}",
+                f"--group_size={group}",
+                f"--groups_per_update={puzzles}",
+                "--micro_batch=1",
+                "--gif_every=0",
+                "--n_gpus=1",
+                "--grad_checkpointing",
+                "--beta=0.0",
+            ]
+        )
         return cfg, T.latent_shape(cfg)
 
     def prepare(dit, cfg):
@@ -103,8 +119,9 @@ def train_py_api():
         K = rollout.traj.latents.shape[1]
         return timing, updates[0]["stats"], K, [s.reward for s in rollout.scores]
 
-    return SimpleNamespace(config=config, prepare=prepare, predictions=predictions,
-                           rl_iteration=rl_iteration)
+    return SimpleNamespace(
+        config=config, prepare=prepare, predictions=predictions, rl_iteration=rl_iteration
+    )
 
 
 def sync(device):
@@ -183,9 +200,12 @@ def main(argv=None):
     ap.add_argument(
         "--peak_tflops", type=float, default=0.0, help="bf16 peak; 0 = from the GPU's name"
     )
-    ap.add_argument("--lora", action="store_true",
-                    help="the 5b_lora preset: r32 adapters, fits an 80 GB GPU (the full fine-tuning "
-                    "default needs ~120 GB: the AdamW step of the RL iteration)")
+    ap.add_argument(
+        "--lora",
+        action="store_true",
+        help="the 5b_lora preset: r32 adapters, fits an 80 GB GPU (the full fine-tuning "
+        "default needs ~120 GB: the AdamW step of the RL iteration)",
+    )
     ap.add_argument("--json", default="gpu_check.json")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.small or not torch.cuda.is_available() else "cuda")
