@@ -252,7 +252,8 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
         if special.any():
             centre = _weights(blocks[:, :, mid, :, mid], protos, tetras[1], s)  # (F, R, 2, C, 2)
             whole = area[0, r, c]
-            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos, tetras[0], s).mean()
+            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos[:1], tetras[0],
+                             s).mean()  # frame 0's blocks with frame 0's prototypes
             scale = whole / inner if inner > 0.05 else 1.0
             area = np.where(special, np.maximum(centre.mean(axis=(2, 4)), 0) * scale, area)
         out.append(area / max(float(area[0, r, c]), 0.02))
@@ -961,7 +962,8 @@ def _pusher_ok(main, box_area, box, boxes):
 
 
 def _sokoban_frames(p, labels, player_area, box_area):
-    """Per frame: the board (player, frozenset of boxes) or None, and violations (frame, why, ends).
+    """Per frame: the board (player, frozenset of boxes) or None, violations (frame, why, ends) and
+    the player's other candidate cells.
 
     A board with player None: the boxes read at rest but the player is not seen (see
     _score_sokoban for what such a frame supports).
@@ -969,7 +971,9 @@ def _sokoban_frames(p, labels, player_area, box_area):
     A frame is readable (has a board) when one player is seen (SEEN_MASS of its frame-0 area) and
     the boxes snap to distinct cells (the n cells with the most box area, each >= 0.25 of a box,
     and no further cell with 0.8 of one: a box too many); the player stands on the heaviest cell of
-    its blob that is not a box cell.
+    its blob that is not a box cell. The other free cells of the blob with >= 1/2 of that cell's
+    area are candidates too (a player smeared along a push can be anywhere along its smear; the
+    transition search takes the first that explains the change, as the maze walk does).
     Violations: player or box area >= IN_WALL inside a wall cell (a sprite between two cells
     across a wall has passed it); two players; a box between two cells with
     no pusher in push position; a target reading floor in two frames running.
@@ -990,6 +994,7 @@ def _sokoban_frames(p, labels, player_area, box_area):
         events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}", True))
     boards = [None] * n_frames
     boards[0] = (p.start, frozenset(p.boxes))
+    others = [[] for _ in range(n_frames)]
     free_box = np.where(p.grid, 0.0, box_area)                                  # (F, R, C)
     for f in range(1, n_frames):
         main, mass, other, peak = _blobs(player_area[f])
@@ -1016,7 +1021,23 @@ def _sokoban_frames(p, labels, player_area, box_area):
                               f"(moved by itself), frame {f}", True))
             break
         boards[f] = (peak, frozenset(cells))
-    return boards, events
+        others[f] = [x for x in spots[1:] if player_area[f][x] >= 0.5 * player_area[f][peak]]
+    return boards, events, others
+
+
+def _sokoban_step(wall, reached, board, others, limit, caps, known):
+    """(board, (pushes, moves from the first push)) of the first reading that a legal walk explains.
+
+    The readings are `board`, then the same boxes with the player on each cell of `others`; a walk
+    explains one when it has at most `limit` moves, at most caps[0] of them from its first push on
+    and at most caps[1] pushes (_sokoban_walk). (board, None) if none does.
+    """
+    for player in [board[0]] + list(others):
+        reading = (player, board[1])
+        step = _sokoban_walk(wall, reached, reading, limit, known)
+        if step is not None and step[1] <= caps[0] and len(step[0]) <= caps[1]:
+            return reading, step
+    return board, None
 
 
 def _target_mask(p):
@@ -1085,7 +1106,7 @@ def _score_sokoban(p, g, video, weights):
     player_area, box_area = _sprite_area(_samples(video, g), protos, (S_PLAYER, S_BOX), tetras,
                                          _target_mask(p), [p.start, p.boxes[0]])
     targets = frozenset(p.targets)
-    boards, events = _sokoban_frames(p, labels, player_area, box_area)
+    boards, events, others = _sokoban_frames(p, labels, player_area, box_area)
     max_pushes = int(np.ceil(MAX_PACE * p.n_moves / pz.solve_frames(n_frames)))
     still = _still(labels, player_area, box_area)
     held = False
@@ -1112,8 +1133,9 @@ def _score_sokoban(p, g, video, weights):
         held = board == reached  # the board did not change since the last one
         if board != reached:
             limit = allowed_moves(p, n_frames, max(catch_up, 1 + n_still))
-            step = _sokoban_walk(p.grid, reached, board, limit, frozenset(gt_pushes))
-            if step is None or step[1] > budget or len(step[0]) > max_pushes:
+            board, step = _sokoban_step(p.grid, reached, board, others[f], limit,
+                                        (budget, max_pushes), frozenset(gt_pushes))
+            if step is None:
                 events.append((f, f"illegal change between frames {f_last} and {f}: no legal "
                                   f"move sequence of <= {limit} moves (<= {budget} from the "
                                   f"first push on, <= {max_pushes} pushes) leads from one board "

@@ -364,6 +364,14 @@ def offsets(video, rng):
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def offsets_at_limit(video, rng):
+    """Later frames shifted by +-30 per channel, random signs (a colour cast, not a grey shift):
+    the bright floor and sprites clip at 255 while the walls do not."""
+    out = video.astype(np.int16)
+    out[1:] += rng.choice(np.array([-30, 30], np.int16), size=(len(video) - 1, 1, 1, 3))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 PACES = {  # progress profiles, in units of the GT's pace: fraction of the moves done at frame f
     "2x": lambda u: np.clip(2 * u, 0, 1),
     "2x, ends on the last frame": lambda u: np.clip(2 * u - 1 / 0.85 + 1, 0, 1),
@@ -385,7 +393,8 @@ def test_valid_model_like_videos_still_pass(domain, size, frames, n):
         cell = pz.geometry(p, size, size).cell
         gt = render(p, size, frames)
         videos = {"soft edges": gaussian(gt, cell / 6), "later blur": gaussian(gt, cell / 6, 1),
-                  "offsets": offsets(gt, rng), "flicker": brightness(gt, rng)}
+                  "offsets": offsets(gt, rng), "flicker": brightness(gt, rng),
+                  "offsets +-30": offsets_at_limit(gt, rng)}
         for name, prof in PACES.items():
             videos[name] = retime(p, size, frames, lambda f: p.n_moves * prof(f / f_c))
         for name, v in videos.items():
