@@ -76,6 +76,10 @@ MAX_PACE = 2.9         # moves per frame between two readable frames, in units o
 CATCH_UP = 2           # after a held frame (_still) or unreadable frames the next may catch up this
                        # many frames' worth, never more (a decoded latent frame may hold or smear
                        # the picture for up to 4 frames, then jump; "freeze then jump" still fails)
+HOLD_MAX = 3           # ... but only mid-motion: the state changed after frame 0, at most this many
+                       # frames before (a latent frame's 4 frames: one change, 3 held). A pause
+                       # longer than that, or a hold from the start, ends at rest: one frame's
+                       # worth (_catch_up)
 MOVE_SLACK = 2         # unit moves of slack per transition (frame rounding; a smeared sprite read
                        # one cell off)
 UNREAD_SHARE = 0.15    # a board with more unknown cells than this share (and than 3) is unreadable
@@ -442,13 +446,31 @@ def _blobs(area, cells_ok=None):
     return best, best_mass, second, peak
 
 
+def _catch_up(held, gap, f_change, fa):
+    """Frames' worth of motion the transition out of readable frame fa may carry (allowed_moves gap).
+
+    CATCH_UP in mid-motion, as when a decoded latent frame holds or smears a moving picture:
+      - fa was held (a still picture) and the state last changed at readable frame f_change > 0
+        (0 if it never changed), at most HOLD_MAX frames before fa;
+      - or unreadable frames follow fa (gap) and fa either is such a short hold or shows a change
+        itself (fa == f_change; frame 0 counts: motion may start unseen right after it).
+    Else 1: a video held from frame 0 or paused longer starts again from rest, and a 2x-paced walk
+    never moves a whole solution between two frames (our design). Unreadable frames are capped by
+    MAX_BLIND and never add to the budget beyond CATCH_UP.
+    """
+    moving = f_change > 0 and fa - f_change <= HOLD_MAX
+    if (held and moving) or (gap and (moving or fa == f_change)):
+        return CATCH_UP
+    return 1
+
+
 def allowed_moves(puzzle, n_frames, gap=1):
     """Most unit moves a legal video may make between two readable frames, `gap` frames' worth.
 
     MAX_PACE times the GT pace (n_moves over the first pz.solve_frames(n_frames) frames) per frame,
-    plus MOVE_SLACK. The verifier calls it with gap = 1, or CATCH_UP right after a still frame:
-    unreadable frames in between never widen the budget (our design: an unseen frame is no
-    evidence of motion).
+    plus MOVE_SLACK. The verifier calls it with gap = 1, or CATCH_UP right after a short hold in
+    mid-motion (_catch_up): unreadable frames in between never widen the budget (our design: an
+    unseen frame is no evidence of motion).
     """
     pace = puzzle.n_moves / pz.solve_frames(n_frames)
     return int(MAX_PACE * pace * gap) + MOVE_SLACK
@@ -578,7 +600,7 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
     by_frame = {}
     for r, c in np.argwhere((first > 0) & (first < NEVER) & ~p.grid):
         by_frame.setdefault(int(first[r, c]), []).append((int(r), int(c)))
-    fa, a = 0, p.start
+    fa, a, f_change = 0, p.start, 0
     for fb in range(1, min(cut, n_frames)):
         if not readable[fb]:
             continue
@@ -599,7 +621,9 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
             events.append((fb, f"teleport: the agent went from {a} (frame {fa}) to {b} (frame "
                                f"{fb}) over {min(gap)}, which shows no trail", True))
             break
-        budget = allowed_moves(p, n_frames, CATCH_UP if still[fa] or fb > fa + 1 else 1)
+        budget = allowed_moves(p, n_frames, _catch_up(still[fa], fb > fa + 1, f_change, fa))
+        if new or b != a:
+            f_change = fb
         off = sorted(set(new) - set(seen))
         if off:
             events.append((fb, f"trail appeared at {off[0]} in frame {fb}, away from the agent "
@@ -741,7 +765,8 @@ def _flow_process(p, labels, expect):
     neighbours (an endpoint two): a branch or self-touch. Between readable frames: the newly drawn
     cells of each colour join that colour's cells drawn before (growth from the endpoints), and
     at most allowed_moves(..., 1) of them (CATCH_UP frames' worth after a still frame); pace
-    credit = seen moves within budget / all moves.
+    credit = seen moves within budget / all moves. A cell first read on the last frame is growth of
+    that frame.
     """
     n_frames, size = len(labels), p.grid.shape[0]
     readable = (labels == UNKNOWN).sum((1, 2)) <= max(3, UNREAD_SHARE * size * size)
@@ -751,6 +776,9 @@ def _flow_process(p, labels, expect):
     first = np.where(painted.any(0), painted.argmax(0), NEVER)              # (R, C)
     colour = np.take_along_axis(steady, np.minimum(first, n_frames - 2)[None], 0)[0]
     colour = np.where(first < NEVER, colour, UNKNOWN)                       # (R, C)
+    last = (first == NEVER) & (labels[-1] >= 1)  # drawn on the last frame: it counts at the end,
+    first = np.where(last, n_frames - 1, first)  # so it is growth of that frame (a flash of the
+    colour = np.where(last, labels[-1], colour)  # solved board on the last frame is a jump)
     frames = np.arange(n_frames)[:, None, None]
     drawn = labels >= 1
     bad = {
@@ -770,11 +798,13 @@ def _flow_process(p, labels, expect):
             events.append((int(hit[0]), f"{why}: cell ({r}, {c}), frame {hit[0]}", True))
     grown = expect >= 1
     still = _still(labels)
-    fa, seen, over = 0, 0, 0
+    fa, seen, over, f_change = 0, 0, 0, 0
     for fb in np.nonzero(readable)[0][1:]:
         new = (first > fa) & (first <= fb) & (expect < 1)
         n_new = int(new.sum())
-        budget = allowed_moves(p, n_frames, CATCH_UP if still[fa] or fb > fa + 1 else 1)
+        budget = allowed_moves(p, n_frames, _catch_up(still[fa], fb > fa + 1, f_change, fa))
+        if n_new:
+            f_change = fb
         seen, over = seen + min(n_new, budget), over + max(0, n_new - budget)
         if n_new > budget:
             events.append((int(fb), f"{n_new} cells drawn within 1 frame at frame {fb}, at most "
@@ -1113,6 +1143,7 @@ def _score_sokoban(p, g, video, weights):
     gt_pushes = Counter((s[1][i], t[1][i]) for s, t in zip(p.solution, p.solution[1:])
                         for i in range(len(p.boxes)) if s[1][i] != t[1][i])
     pushes, n_trans, reached, f_last, n_still, run = [], 0, boards[0], 0, 0, 0
+    f_change = 0  # the frame of the last board change
     cut = min([NEVER] + [f for f, _, _ in events])
     for f in range(1, min(cut, n_frames)):
         board = boards[f]
@@ -1128,7 +1159,7 @@ def _score_sokoban(p, g, video, weights):
         if board[0] is None:  # boxes seen where they were: the player may walk, nothing is pushed
             n_still += 1
             continue
-        catch_up = CATCH_UP if still[f_last] or held or f > f_last + 1 else 1
+        catch_up = _catch_up(still[f_last] or held, f > f_last + 1, f_change, f_last)
         budget = allowed_moves(p, n_frames, catch_up)
         held = board == reached  # the board did not change since the last one
         if board != reached:
@@ -1143,7 +1174,7 @@ def _score_sokoban(p, g, video, weights):
                 break
             pushes += step[0]
             n_trans += 1
-            reached = board
+            reached, f_change = board, f
         f_last, n_still = f, 0
 
     got = Counter(pushes)
