@@ -26,7 +26,8 @@ What a video must show (our rules; they are the verifier's contract with the pol
     widen the move budget, and more than MAX_BLIND unreadable frames in a row end the trajectory.
   - Pace. Between two successive readable frames at most allowed_moves(puzzle, F, 1) unit moves:
     MAX_PACE times the ground truth's mean pace plus MOVE_SLACK (CATCH_UP frames' worth right after
-    a still or unreadable frame, never more). A faster change is not a cheat but cannot be
+    a short hold or unreadable frames in mid-motion, never more; a hold from frame 0 or a longer
+    pause gets one frame's worth: see _catch_up). A faster change is not a cheat but cannot be
     verified: only the part within the budget earns credit, and success needs none over.
   - Maze: the trail is one walk of the agent. Each new trail cell must lie on the walk between two
     sightings of the agent (or where it was seen), the walk goes over trail cells only, and its
@@ -447,7 +448,7 @@ def _blobs(area, cells_ok=None):
 
 
 def _catch_up(held, gap, f_change, fa):
-    """Frames' worth of motion the transition out of readable frame fa may carry (allowed_moves gap).
+    """Frames' worth of motion the transition out of readable frame fa may carry (the gap).
 
     CATCH_UP in mid-motion, as when a decoded latent frame holds or smears a moving picture:
       - fa was held (a still picture) and the state last changed at readable frame f_change > 0
