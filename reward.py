@@ -26,7 +26,8 @@ What a video must show (our rules; they are the verifier's contract with the pol
     widen the move budget, and more than MAX_BLIND unreadable frames in a row end the trajectory.
   - Pace. Between two successive readable frames at most allowed_moves(puzzle, F, 1) unit moves:
     MAX_PACE times the ground truth's mean pace plus MOVE_SLACK (CATCH_UP frames' worth right after
-    a still or unreadable frame, never more). A faster change is not a cheat but cannot be
+    a short hold or unreadable frames in mid-motion, never more; a hold from frame 0 or a longer
+    pause gets one frame's worth: see _catch_up). A faster change is not a cheat but cannot be
     verified: only the part within the budget earns credit, and success needs none over.
   - Maze: the trail is one walk of the agent. Each new trail cell must lie on the walk between two
     sightings of the agent (or where it was seen), the walk goes over trail cells only, and its
@@ -76,6 +77,10 @@ MAX_PACE = 2.9         # moves per frame between two readable frames, in units o
 CATCH_UP = 2           # after a held frame (_still) or unreadable frames the next may catch up this
                        # many frames' worth, never more (a decoded latent frame may hold or smear
                        # the picture for up to 4 frames, then jump; "freeze then jump" still fails)
+HOLD_MAX = 3           # ... but only mid-motion: the state changed after frame 0, at most this many
+                       # frames before (a latent frame's 4 frames: one change, 3 held). A pause
+                       # longer than that, or a hold from the start, ends at rest: one frame's
+                       # worth (_catch_up)
 MOVE_SLACK = 2         # unit moves of slack per transition (frame rounding; a smeared sprite read
                        # one cell off)
 UNREAD_SHARE = 0.15    # a board with more unknown cells than this share (and than 3) is unreadable
@@ -252,7 +257,8 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
         if special.any():
             centre = _weights(blocks[:, :, mid, :, mid], protos, tetras[1], s)  # (F, R, 2, C, 2)
             whole = area[0, r, c]
-            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos, tetras[0], s).mean()
+            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos[:1], tetras[0],
+                             s).mean()  # frame 0's blocks with frame 0's prototypes
             scale = whole / inner if inner > 0.05 else 1.0
             area = np.where(special, np.maximum(centre.mean(axis=(2, 4)), 0) * scale, area)
         out.append(area / max(float(area[0, r, c]), 0.02))
@@ -441,13 +447,31 @@ def _blobs(area, cells_ok=None):
     return best, best_mass, second, peak
 
 
+def _catch_up(held, gap, f_change, fa):
+    """Frames' worth of motion the transition out of readable frame fa may carry (the gap).
+
+    CATCH_UP in mid-motion, as when a decoded latent frame holds or smears a moving picture:
+      - fa was held (a still picture) and the state last changed at readable frame f_change > 0
+        (0 if it never changed), at most HOLD_MAX frames before fa;
+      - or unreadable frames follow fa (gap) and fa either is such a short hold or shows a change
+        itself (fa == f_change; frame 0 counts: motion may start unseen right after it).
+    Else 1: a video held from frame 0 or paused longer starts again from rest, and a 2x-paced walk
+    never moves a whole solution between two frames (our design). Unreadable frames are capped by
+    MAX_BLIND and never add to the budget beyond CATCH_UP.
+    """
+    moving = f_change > 0 and fa - f_change <= HOLD_MAX
+    if (held and moving) or (gap and (moving or fa == f_change)):
+        return CATCH_UP
+    return 1
+
+
 def allowed_moves(puzzle, n_frames, gap=1):
     """Most unit moves a legal video may make between two readable frames, `gap` frames' worth.
 
     MAX_PACE times the GT pace (n_moves over the first pz.solve_frames(n_frames) frames) per frame,
-    plus MOVE_SLACK. The verifier calls it with gap = 1, or CATCH_UP right after a still frame:
-    unreadable frames in between never widen the budget (our design: an unseen frame is no
-    evidence of motion).
+    plus MOVE_SLACK. The verifier calls it with gap = 1, or CATCH_UP right after a short hold in
+    mid-motion (_catch_up): unreadable frames in between never widen the budget (our design: an
+    unseen frame is no evidence of motion).
     """
     pace = puzzle.n_moves / pz.solve_frames(n_frames)
     return int(MAX_PACE * pace * gap) + MOVE_SLACK
@@ -577,7 +601,7 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
     by_frame = {}
     for r, c in np.argwhere((first > 0) & (first < NEVER) & ~p.grid):
         by_frame.setdefault(int(first[r, c]), []).append((int(r), int(c)))
-    fa, a = 0, p.start
+    fa, a, f_change = 0, p.start, 0
     for fb in range(1, min(cut, n_frames)):
         if not readable[fb]:
             continue
@@ -598,7 +622,9 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
             events.append((fb, f"teleport: the agent went from {a} (frame {fa}) to {b} (frame "
                                f"{fb}) over {min(gap)}, which shows no trail", True))
             break
-        budget = allowed_moves(p, n_frames, CATCH_UP if still[fa] or fb > fa + 1 else 1)
+        budget = allowed_moves(p, n_frames, _catch_up(still[fa], fb > fa + 1, f_change, fa))
+        if new or b != a:
+            f_change = fb
         off = sorted(set(new) - set(seen))
         if off:
             events.append((fb, f"trail appeared at {off[0]} in frame {fb}, away from the agent "
@@ -740,7 +766,8 @@ def _flow_process(p, labels, expect):
     neighbours (an endpoint two): a branch or self-touch. Between readable frames: the newly drawn
     cells of each colour join that colour's cells drawn before (growth from the endpoints), and
     at most allowed_moves(..., 1) of them (CATCH_UP frames' worth after a still frame); pace
-    credit = seen moves within budget / all moves.
+    credit = seen moves within budget / all moves. A cell first read on the last frame is growth of
+    that frame.
     """
     n_frames, size = len(labels), p.grid.shape[0]
     readable = (labels == UNKNOWN).sum((1, 2)) <= max(3, UNREAD_SHARE * size * size)
@@ -750,6 +777,9 @@ def _flow_process(p, labels, expect):
     first = np.where(painted.any(0), painted.argmax(0), NEVER)              # (R, C)
     colour = np.take_along_axis(steady, np.minimum(first, n_frames - 2)[None], 0)[0]
     colour = np.where(first < NEVER, colour, UNKNOWN)                       # (R, C)
+    last = (first == NEVER) & (labels[-1] >= 1)  # drawn on the last frame: it counts at the end,
+    first = np.where(last, n_frames - 1, first)  # so it is growth of that frame (a flash of the
+    colour = np.where(last, labels[-1], colour)  # solved board on the last frame is a jump)
     frames = np.arange(n_frames)[:, None, None]
     drawn = labels >= 1
     bad = {
@@ -769,11 +799,13 @@ def _flow_process(p, labels, expect):
             events.append((int(hit[0]), f"{why}: cell ({r}, {c}), frame {hit[0]}", True))
     grown = expect >= 1
     still = _still(labels)
-    fa, seen, over = 0, 0, 0
+    fa, seen, over, f_change = 0, 0, 0, 0
     for fb in np.nonzero(readable)[0][1:]:
         new = (first > fa) & (first <= fb) & (expect < 1)
         n_new = int(new.sum())
-        budget = allowed_moves(p, n_frames, CATCH_UP if still[fa] or fb > fa + 1 else 1)
+        budget = allowed_moves(p, n_frames, _catch_up(still[fa], fb > fa + 1, f_change, fa))
+        if n_new:
+            f_change = fb
         seen, over = seen + min(n_new, budget), over + max(0, n_new - budget)
         if n_new > budget:
             events.append((int(fb), f"{n_new} cells drawn within 1 frame at frame {fb}, at most "
@@ -961,7 +993,8 @@ def _pusher_ok(main, box_area, box, boxes):
 
 
 def _sokoban_frames(p, labels, player_area, box_area):
-    """Per frame: the board (player, frozenset of boxes) or None, and violations (frame, why, ends).
+    """Per frame: the board (player, frozenset of boxes) or None, violations (frame, why, ends) and
+    the player's other candidate cells.
 
     A board with player None: the boxes read at rest but the player is not seen (see
     _score_sokoban for what such a frame supports).
@@ -969,7 +1002,9 @@ def _sokoban_frames(p, labels, player_area, box_area):
     A frame is readable (has a board) when one player is seen (SEEN_MASS of its frame-0 area) and
     the boxes snap to distinct cells (the n cells with the most box area, each >= 0.25 of a box,
     and no further cell with 0.8 of one: a box too many); the player stands on the heaviest cell of
-    its blob that is not a box cell.
+    its blob that is not a box cell. The other free cells of the blob with >= 1/2 of that cell's
+    area are candidates too (a player smeared along a push can be anywhere along its smear; the
+    transition search takes the first that explains the change, as the maze walk does).
     Violations: player or box area >= IN_WALL inside a wall cell (a sprite between two cells
     across a wall has passed it); two players; a box between two cells with
     no pusher in push position; a target reading floor in two frames running.
@@ -990,6 +1025,7 @@ def _sokoban_frames(p, labels, player_area, box_area):
         events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}", True))
     boards = [None] * n_frames
     boards[0] = (p.start, frozenset(p.boxes))
+    others = [[] for _ in range(n_frames)]
     free_box = np.where(p.grid, 0.0, box_area)                                  # (F, R, C)
     for f in range(1, n_frames):
         main, mass, other, peak = _blobs(player_area[f])
@@ -1016,7 +1052,23 @@ def _sokoban_frames(p, labels, player_area, box_area):
                               f"(moved by itself), frame {f}", True))
             break
         boards[f] = (peak, frozenset(cells))
-    return boards, events
+        others[f] = [x for x in spots[1:] if player_area[f][x] >= 0.5 * player_area[f][peak]]
+    return boards, events, others
+
+
+def _sokoban_step(wall, reached, board, others, limit, caps, known):
+    """(board, (pushes, moves from the first push)) of the first reading that a legal walk explains.
+
+    The readings are `board`, then the same boxes with the player on each cell of `others`; a walk
+    explains one when it has at most `limit` moves, at most caps[0] of them from its first push on
+    and at most caps[1] pushes (_sokoban_walk). (board, None) if none does.
+    """
+    for player in [board[0]] + list(others):
+        reading = (player, board[1])
+        step = _sokoban_walk(wall, reached, reading, limit, known)
+        if step is not None and step[1] <= caps[0] and len(step[0]) <= caps[1]:
+            return reading, step
+    return board, None
 
 
 def _target_mask(p):
@@ -1085,13 +1137,14 @@ def _score_sokoban(p, g, video, weights):
     player_area, box_area = _sprite_area(_samples(video, g), protos, (S_PLAYER, S_BOX), tetras,
                                          _target_mask(p), [p.start, p.boxes[0]])
     targets = frozenset(p.targets)
-    boards, events = _sokoban_frames(p, labels, player_area, box_area)
+    boards, events, others = _sokoban_frames(p, labels, player_area, box_area)
     max_pushes = int(np.ceil(MAX_PACE * p.n_moves / pz.solve_frames(n_frames)))
     still = _still(labels, player_area, box_area)
     held = False
     gt_pushes = Counter((s[1][i], t[1][i]) for s, t in zip(p.solution, p.solution[1:])
                         for i in range(len(p.boxes)) if s[1][i] != t[1][i])
     pushes, n_trans, reached, f_last, n_still, run = [], 0, boards[0], 0, 0, 0
+    f_change = 0  # the frame of the last board change
     cut = min([NEVER] + [f for f, _, _ in events])
     for f in range(1, min(cut, n_frames)):
         board = boards[f]
@@ -1107,13 +1160,14 @@ def _score_sokoban(p, g, video, weights):
         if board[0] is None:  # boxes seen where they were: the player may walk, nothing is pushed
             n_still += 1
             continue
-        catch_up = CATCH_UP if still[f_last] or held or f > f_last + 1 else 1
+        catch_up = _catch_up(still[f_last] or held, f > f_last + 1, f_change, f_last)
         budget = allowed_moves(p, n_frames, catch_up)
         held = board == reached  # the board did not change since the last one
         if board != reached:
             limit = allowed_moves(p, n_frames, max(catch_up, 1 + n_still))
-            step = _sokoban_walk(p.grid, reached, board, limit, frozenset(gt_pushes))
-            if step is None or step[1] > budget or len(step[0]) > max_pushes:
+            board, step = _sokoban_step(p.grid, reached, board, others[f], limit,
+                                        (budget, max_pushes), frozenset(gt_pushes))
+            if step is None:
                 events.append((f, f"illegal change between frames {f_last} and {f}: no legal "
                                   f"move sequence of <= {limit} moves (<= {budget} from the "
                                   f"first push on, <= {max_pushes} pushes) leads from one board "
@@ -1121,7 +1175,7 @@ def _score_sokoban(p, g, video, weights):
                 break
             pushes += step[0]
             n_trans += 1
-            reached = board
+            reached, f_change = board, f
         f_last, n_still = f, 0
 
     got = Counter(pushes)
