@@ -92,7 +92,8 @@ def main():
             f"{t['decode']:.2f} + reward {t['reward']:.2f} + update {t['update']:.2f}"
         )
     print(
-        f"  time per iteration ESF / full = {a['seconds'] / b['seconds']:.2f} ({1 - a['seconds'] / b['seconds']:.0%} less)"
+        f"  time per iteration ESF / full = {a['seconds'] / b['seconds']:.2f} "
+        f"({1 - a['seconds'] / b['seconds']:.0%} less)"
     )
     (out / "esf").mkdir(parents=True, exist_ok=True)
     E.report(table, out / "esf")

@@ -42,7 +42,8 @@ def main():
     dit = model.WanModel(cfg)
     print(
         f"tiny DiT: {sum(p.numel() for p in dit.parameters()) / 1e6:.2f} M params, dim {cfg.dim}, "
-        f"{cfg.num_layers} layers, {cfg.num_heads} heads, text_len {cfg.text_len}; {torch.get_num_threads()} threads"
+        f"{cfg.num_layers} layers, {cfg.num_heads} heads, text_len {cfg.text_len}; "
+        f"{torch.get_num_threads()} threads"
     )
 
     def inputs(B, F):

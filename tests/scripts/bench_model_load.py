@@ -96,7 +96,8 @@ def main():
             ).stdout.split()
             base, after_load, peak, load_s = int(out[0]), int(out[1]), int(out[2]), float(out[3])
             print(
-                f"fp32 -> {dtype:8s}: load {load_s:5.2f} s | peak RSS after load {after_load / size:.3f} x file "
+                f"fp32 -> {dtype:8s}: load {load_s:5.2f} s | "
+                f"peak RSS after load {after_load / size:.3f} x file "
                 f"({(after_load - base) / size:.3f} above baseline) | after touching every weight "
                 f"{peak / size:.3f} x ({(peak - base) / size:.3f} above baseline {base / 2 ** 20:.0f} MiB)"
             )

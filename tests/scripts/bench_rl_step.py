@@ -1,6 +1,7 @@
 """Early-Step Focus vs full-step: RL iteration time on the tiny config, same seeds, one run.
 
-Runs train.rl_rollout and train.rl_update (rollout -> decode -> reward -> advantages -> update) with SDE + backprop on the
+Runs train.rl_rollout and train.rl_update (rollout -> decode -> reward -> advantages -> update)
+with SDE + backprop on the
 first K = N/2 steps and on all K = N steps, alternating so both see the same machine load, and
 prints the median time per phase. VideoRLVR reports about 40% less training time for Early-Step
 Focus. Timings do not depend on the weights, so a random tiny model is used (no warm-up needed);
@@ -67,9 +68,11 @@ def main():
     med = {k: {p: float(np.median([t[p] for t in v])) for p in v[0]} for k, v in times.items()}
     for k, m in med.items():
         name = "Early-Step Focus" if k < n else "full-step"
+        other = m["total"] - sum(m[p] for p in ("rollout", "decode", "reward", "update"))
         print(
-            f"{name:17s} K={k:2d}: total {m['total']:.2f}s = rollout {m['rollout']:.2f} + decode {m['decode']:.2f} "
-            f"+ reward {m['reward']:.2f} + update {m['update']:.2f} (+ other {m['total'] - sum(m[p] for p in ('rollout', 'decode', 'reward', 'update')):.2f})"
+            f"{name:17s} K={k:2d}: total {m['total']:.2f}s = rollout {m['rollout']:.2f} "
+            f"+ decode {m['decode']:.2f} + reward {m['reward']:.2f} + update {m['update']:.2f} "
+            f"(+ other {other:.2f})"
         )
     esf, full = med[n // 2]["total"], med[n]["total"]
     print(
