@@ -374,10 +374,11 @@ def _flow_partition(rng, n, k):
 def count_flow_solutions(size, endpoints, limit=2):
     """Number of FlowFree solutions of a size x size grid with these endpoint pairs, counted up to `limit`.
 
-    Rules (the no-self-touch convention of _is_induced_path): every cell gets one colour, an endpoint has exactly one
-    same-colour neighbour, every other cell exactly two, and each colour is one connected set. Those
-    degree rules make each colour a simple path between its endpoints plus possibly separate cycles,
-    which the final connectivity test rejects. Search: assign colours in row-major order; once a cell's
+    Rules (the no-self-touch convention of _is_induced_path): every cell gets one colour, an
+    endpoint has exactly one same-colour neighbour, every other cell exactly two, and each colour
+    is one connected set. Those degree rules make each colour a simple path between its endpoints
+    plus possibly separate cycles, which the final connectivity test rejects. Search: assign
+    colours in row-major order; once a cell's
     neighbours are all assigned its degree must be exact, and a cell whose only unassigned neighbour is
     the next one forces (or forbids) that neighbour's colour. Independent of the generator.
     """

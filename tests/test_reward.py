@@ -341,7 +341,8 @@ def test_flowfree_cheats_fail(level, height, width, frames):
         # more than a valid video that stops there
         flood = video.copy()
         flood[frames // 2:, g.y0:g.y0 + g.rows * g.cell, g.x0:g.x0 + g.cols * g.cell] = pz.FLOW_COLORS[0]
-        stop = np.concatenate([video[:frames // 2], np.repeat(video[frames // 2 - 1:frames // 2], frames - frames // 2, 0)])
+        held = np.repeat(video[frames // 2 - 1:frames // 2], frames - frames // 2, 0)
+        stop = np.concatenate([video[:frames // 2], held])
         assert check_cheat(p, flood, "").reward <= min(rw.score(p, stop).reward, 0.75)
 
 
@@ -415,8 +416,8 @@ def test_sokoban_cheats_fail(level, height, width, frames):
             dest, reach = pz._add(b, d), approach(b, d)
             if free[dest] and (reach is None or len(reach) > 4):
                 moved = tuple(dest if x == b else x for x in boxes)
-                check_cheat(p, show([(p.start, tuple(boxes)), (p.start, moved)]), "illegal change", "moved by itself",
-                            "not seen")
+                cheat = show([(p.start, tuple(boxes)), (p.start, moved)])
+                check_cheat(p, cheat, "illegal change", "moved by itself", "not seen")
                 counts["far"] += 1
                 break
     assert min(counts["wall"], counts["through"], counts["far"]) >= 3 and (counts["cut"] >= 3 or level == "easy"), counts

@@ -317,8 +317,9 @@ def test_invalid_scores_below_valid_at_the_same_progress():
     for p in puzzles_for("maze", 128, 12, base=9500):
         k = 2 * p.n_moves // 3
         states = p.solution[:k + 1]
-        valid = rw.score(p, render(p, 128, 17, states))
-        hidden = hide_sprite(p, render(p, 128, 17, states), 128, pz.MAZE_COLORS["agent"], 3, 3 + rw.MAX_BLIND + 1,
+        video = render(p, 128, 17, states)
+        valid = rw.score(p, video)
+        hidden = hide_sprite(p, video, 128, pz.MAZE_COLORS["agent"], 3, 3 + rw.MAX_BLIND + 1,
                              pz.MAZE_COLORS["trail"])
         assert rw.score(p, hidden).reward < valid.reward
 

@@ -44,7 +44,8 @@ def main():
     opt = torch.optim.AdamW(dit.parameters(), lr=0.0)  # lr 0: both settings time the same weights
     n = cfg.num_steps
     print(
-        f"tiny config: {cfg.frames}x{cfg.height}x{cfg.width} video, N={n} steps, {cfg.puzzles_per_step} puzzles x "
+        f"tiny config: {cfg.frames}x{cfg.height}x{cfg.width} video, N={n} steps, "
+        f"{cfg.puzzles_per_step} puzzles x "
         f"{cfg.group_size} rollouts = {cfg.puzzles_per_step * cfg.group_size} videos per iteration, "
         f"{torch.get_num_threads()} threads"
     )
