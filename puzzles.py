@@ -378,9 +378,9 @@ def count_flow_solutions(size, endpoints, limit=2):
     endpoint has exactly one same-colour neighbour, every other cell exactly two, and each colour
     is one connected set. Those degree rules make each colour a simple path between its endpoints
     plus possibly separate cycles, which the final connectivity test rejects. Search: assign
-    colours in row-major order; once a cell's
-    neighbours are all assigned its degree must be exact, and a cell whose only unassigned neighbour is
-    the next one forces (or forbids) that neighbour's colour. Independent of the generator.
+    colours in row-major order; once a cell's neighbours are all assigned its degree must be
+    exact, and a cell whose only unassigned neighbour is the next one forces (or forbids) that
+    neighbour's colour. Independent of the generator.
     """
     n_cells = size * size
     colour = [-1] * n_cells
