@@ -36,8 +36,9 @@ What a video must show (our rules; they are the verifier's contract with the pol
     new cell joins the cells of its colour drawn before, no cell has three same-colour neighbours,
     no cell changes colour or is erased, and at most the budget of new cells appears per frame.
   - Sokoban: every readable board follows from the previous one by legal unit moves within the
-    budget; a box between two cells needs the player on its axis (a pusher in push position);
-    nothing reads inside a wall.
+    budget, pushes or not (the player's walk is legal to the last frame); a box between two cells
+    needs the player on its axis (a pusher in push position); nothing reads inside a wall. A
+    player smeared over cells still counts as seen, for walking only; an absent or faint one not.
 The earliest violation ends the trajectory: the dense reward is computed from what was seen before.
 
 Run the tests: python -m pytest -q tests/test_reward*.py; speed: python tests/bench_reward.py
@@ -91,6 +92,9 @@ SEEN_MASS = (0.3, 1.8)     # a sprite is seen when its total area is within this
 IN_WALL = 0.4          # sprite area in a wall cell that shows the sprite passing through it (a
                        # sprite halfway into the wall shows 0.5; JPEG specks stay below)
 SECOND_MASS = 0.5      # area of a second blob that counts as a second agent / player
+SMEAR_MASS = 0.15      # Sokoban: total area (free cells above the blob floor) of a player seen
+                       # smeared over cells, not on one (a VAE latent frame averages 4 frames of
+                       # a fast walk: 0.23 seen); an erased or fainter player is not seen at all
 MAX_WALK_STATES = 50_000  # search budget for explaining one Sokoban board change (ms of CPU)
 SOLVE_STATES = 20_000  # search budget of the push solver that measures Sokoban progress
 FLOW_WEIGHTS = (0.15, 0.35, 0.30, 0.20)  # endpoints, connectivity, validity, coverage (the paper's
@@ -996,18 +1000,20 @@ def _sokoban_frames(p, labels, player_area, box_area):
     """Per frame: the board (player, frozenset of boxes) or None, violations (frame, why, ends) and
     the player's other candidate cells.
 
-    A board with player None: the boxes read at rest but the player is not seen (see
-    _score_sokoban for what such a frame supports).
-
     A frame is readable (has a board) when one player is seen (SEEN_MASS of its frame-0 area) and
     the boxes snap to distinct cells (the n cells with the most box area, each >= 0.25 of a box,
     and no further cell with 0.8 of one: a box too many); the player stands on the heaviest cell of
     its blob that is not a box cell. The other free cells of the blob with >= 1/2 of that cell's
     area are candidates too (a player smeared along a push can be anywhere along its smear; the
     transition search takes the first that explains the change, as the maze walk does).
+    A board with player None: the boxes read at rest and the player is seen smeared, not on one
+    cell (its free cells above the blob floor of _blobs total SMEAR_MASS of its frame-0 area or
+    more, but no blob holds SEEN_MASS: a sprite smeared over a latent frame's 4 frames). It is
+    evidence that the player is there and moving, not of where: it supports a walk only
+    (_score_sokoban). A player absent or faint (less area in total) gives no board at all.
     Violations: player or box area >= IN_WALL inside a wall cell (a sprite between two cells
-    across a wall has passed it); two players; a box between two cells with
-    no pusher in push position; a target reading floor in two frames running.
+    across a wall has passed it); two players; a box between two cells with no pusher in push
+    position; a target reading floor in two frames running.
     """
     n_frames, n_boxes = len(labels), len(p.boxes)
     is_target = np.zeros(p.grid.shape, dtype=bool)
@@ -1023,6 +1029,10 @@ def _sokoban_frames(p, labels, player_area, box_area):
     if lost.any():
         f, r, c = np.argwhere(lost)[0]
         events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}", True))
+    floor = np.maximum(SPRITE_MIN, PEAK_SHARE * player_area.max((1, 2)))      # (F,) as _blobs
+    on_floor = (player_area >= floor[:, None, None]) & ~p.grid[None]         # (F, R, C)
+    total = np.where(on_floor, player_area, 0.0).sum((1, 2))                 # (F,)
+    smeared = (total >= SMEAR_MASS) & (total <= SEEN_MASS[1])
     boards = [None] * n_frames
     boards[0] = (p.start, frozenset(p.boxes))
     others = [[] for _ in range(n_frames)]
@@ -1038,8 +1048,8 @@ def _sokoban_frames(p, labels, player_area, box_area):
         if extra >= 0.8 or min(box_area[f][x] for x in cells) < 0.25:
             continue
         if not SEEN_MASS[0] <= mass <= SEEN_MASS[1]:
-            if all(box_area[f][x] >= 0.8 for x in cells):
-                boards[f] = (None, frozenset(cells))  # boxes at rest, the player not seen
+            if smeared[f] and all(box_area[f][x] >= 0.8 for x in cells):
+                boards[f] = (None, frozenset(cells))  # boxes at rest, the player seen smeared
             continue
         spots = sorted((x for x in main if x not in cells and not p.grid[x]),
                        key=lambda x: -player_area[f][x])
@@ -1109,10 +1119,13 @@ def _score_sokoban(p, g, video, weights):
     Boards and one-frame violations come from _sokoban_frames. Between successive boards there must
     be a legal unit-move sequence (_sokoban_walk) of at most allowed_moves(..., 1) moves from its
     first push on, and at most MAX_PACE times the GT pace in pushes (no slack: a push is what
-    counts, and a short solution must not fit the slack of one frame); frames between them that
-    show the boxes at rest where they were (the player not seen) add one frame's budget each for
-    walking only. More than MAX_BLIND frames with neither
-    end the trajectory.
+    counts, and a short solution must not fit the slack of one frame). The same budget holds for
+    a walk that pushes nothing, after the last push too: the player's walk is one legal walk on
+    the floor through the whole video, as the maze agent's. Frames between two boards that show
+    the boxes at rest where they were and the player smeared (seen, not on one cell) add one
+    frame's budget each for walking only. A frame where the player is not seen (absent, faint)
+    or the boxes do not read at rest supports no move and never widens the budget; more than
+    MAX_BLIND such frames in a row end the trajectory.
       P = |pushes & GT pushes| / |pushes|, R = ... / |GT pushes| (multisets of (from, to) box cells)
       R_state = share of boxes on targets in the last board reached legally
       R_proc = share of the optimal pushes done by that board (_sokoban_progress)
@@ -1157,7 +1170,7 @@ def _score_sokoban(p, g, video, weights):
                 break
             continue
         run = 0
-        if board[0] is None:  # boxes seen where they were: the player may walk, nothing is pushed
+        if board[0] is None:  # boxes where they were, the player smeared: it may walk, not push
             n_still += 1
             continue
         catch_up = _catch_up(still[f_last] or held, f > f_last + 1, f_change, f_last)
