@@ -171,24 +171,48 @@ def _to_255(a):
     return (a.astype(np.float32) + 1) * 127.5
 
 
+def _row_sums(video, starts, step, count, x0, width, dtype):
+    """Sum of the strided row views video[:, s : s + count * step : step, x0 : x0 + width] over
+    the first rows s in `starts`: (F, count, width, 3) in dtype.
+
+    Each view is the same row of `count` cells (or blocks) at once, read in place: no gather copy,
+    one pass of adds per row (numpy reduces strided axes several times slower).
+    """
+    out = None
+    for s in starts:
+        rows = video[:, s:s + count * step:step, x0:x0 + width]             # (F, count, width, 3)
+        if out is None:
+            out = rows.astype(dtype)
+        else:
+            out += rows
+    return out
+
+
+def _sum_dtype(video, n_pixels):
+    """Accumulator for sums of n_pixels pixel values: exact integers for uint8, else float32."""
+    if video.dtype != np.uint8:
+        return np.float32
+    return np.uint16 if n_pixels * 255 < 1 << 16 else np.uint32
+
+
 def _cell_means(video, g):
     """Mean RGB (0..255) of each cell's central patch in every frame: (F, R, C, 3) float32.
 
-    Gathers the patch rows first (one contiguous copy), sums them, then sums the patch columns:
-    about 3 ms for 49 x 480 x 480, where a mean over the strided 6-d view costs 5x more.
+    The p patch rows of all cells are summed as p strided row views (_row_sums), then the patch
+    columns as p strided column views; uint8 sums are exact integers.
     """
     n_frames = video.shape[0]
     rows, cols, c = g.rows, g.cols, g.cell
     lo = int(round(c * (1 - PATCH) / 2))
     p = c - 2 * lo
-    ys = (g.y0 + np.arange(rows)[:, None] * c + np.arange(lo, lo + p)[None, :]).ravel()   # (R*p,)
-    floating = video.dtype != np.uint8
-    acc = np.float32 if floating else (np.uint16 if p <= 257 else np.uint32)
-    a = video[:, ys, g.x0:g.x0 + cols * c]                                 # (F, R*p, C*c, 3)
-    a = a.reshape(n_frames, rows, p, cols * c * 3).sum(axis=2, dtype=acc)  # (F, R, C*c*3)
-    a = a.reshape(n_frames, rows, cols, c, 3)[:, :, :, lo:lo + p]          # (F, R, C, p, 3)
-    means = a.sum(axis=3, dtype=np.float32) / (p * p)                     # (F, R, C, 3)
-    if floating:
+    acc = _sum_dtype(video, p * p)
+    a = _row_sums(video, range(g.y0 + lo, g.y0 + lo + p), c, rows, g.x0, cols * c, acc)
+    a = a.reshape(n_frames, rows, cols, c, 3)                                # (F, R, C, c, 3)
+    sums = a[:, :, :, lo].copy()                                             # (F, R, C, 3)
+    for j in range(lo + 1, lo + p):
+        sums += a[:, :, :, j]
+    means = sums.astype(np.float32) / (p * p)
+    if video.dtype != np.uint8:
         means = (means + 1) * 127.5
     return means
 
@@ -198,25 +222,20 @@ def _samples(video, g):
 
     Block means (over up to 4 evenly spaced pixel rows of the block and all its columns) average
     the pixel noise away; since the unmixing in _sprite_area is linear, the weight of a block mean
-    is the mean weight of its pixels. Rows are gathered (one contiguous copy) and summed by one
-    reduction, columns by adding the block's column slices (a strided reduction over a short axis
-    is several times slower in numpy).
+    is the mean weight of its pixels. Rows are summed as strided row views (_row_sums), the block's
+    columns by one einsum over the (blocks, columns, 3) view; uint8 sums are exact integers.
     """
     n_frames, side = video.shape[0], g.cell // SAMPLES
     rows, cols = g.rows * SAMPLES, g.cols * SAMPLES
     k = min(side, 4)                                                         # pixel rows per block
     picks = ((np.arange(k) + 0.5) * side / k).astype(int)                    # (k,)
-    ys = (g.y0 + np.arange(rows)[:, None] * side + picks[None]).ravel()     # (R*S*k,)
-    floating = video.dtype != np.uint8
-    acc = np.float32 if floating else np.uint16
-    a = video[:, ys, g.x0:g.x0 + cols * side]                                # (F, R*S*k, C*S*b, 3)
-    a = a.reshape(n_frames, rows, k, cols * side * 3).sum(axis=2, dtype=acc)  # (F, R*S, C*S*b*3)
-    a = a.reshape(n_frames, rows, cols, side, 3)
-    out = a[:, :, :, 0].astype(np.float32)                                  # (F, R*S, C*S, 3)
-    for j in range(1, side):
-        out += a[:, :, :, j]
+    acc = _sum_dtype(video, k * side)
+    a = _row_sums(video, g.y0 + picks, side, rows, g.x0, cols * side, acc)   # (F, R*S, C*S*b, 3)
+    a = a.reshape(-1, side, 3)                                               # (F*R*S*C*S, b, 3)
+    out = np.einsum("nbc->nc", a).astype(np.float32)                         # (F*R*S*C*S, 3)
+    out = out.reshape(n_frames, rows, cols, 3)                               # (F, R*S, C*S, 3)
     out /= side * k
-    return (out + 1) * 127.5 if floating else out
+    return (out + 1) * 127.5 if video.dtype != np.uint8 else out
 
 
 def _barycentric(protos, tetra):
@@ -232,9 +251,25 @@ def _weights(x, protos, tetra, s):
     Weights outside [-0.3, 1.3] mean the block is not such a mix and count 0; above 1 count 1.
     """
     row = _barycentric(protos, tetra)[:, tetra.index(s)]                     # (F, 4)
-    w = np.einsum("f...c,fc->f...", x, row[:, :3])
-    w += row[:, 3].reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.where((w < -0.3) | (w > 1.3), 0, np.minimum(w, 1))
+    row = row.reshape((-1,) + (1,) * (x.ndim - 2) + (4,))                    # (F, 1, ..., 4)
+    w = x[..., 0] * row[..., 0]
+    w += x[..., 1] * row[..., 1]
+    w += x[..., 2] * row[..., 2]
+    w += row[..., 3]
+    w[(w < -0.3) | (w > 1.3)] = 0
+    return np.minimum(w, 1, out=w)
+
+
+def _block_mean(w):
+    """Mean over each cell's SAMPLES x SAMPLES blocks of (F, R*S, C*S) values: (F, R, C)."""
+    n_frames, height, width = w.shape
+    rows, cols = height // SAMPLES, width // SAMPLES
+    w = w.reshape(n_frames, rows, SAMPLES, width).sum(axis=2)               # (F, R, C*S)
+    w = w.reshape(n_frames, rows, cols, SAMPLES)                             # (F, R, C, S)
+    out = w[..., 0].copy()
+    for j in range(1, SAMPLES):
+        out += w[..., j]
+    return out / (SAMPLES * SAMPLES)
 
 
 def _sprite_area(samples, protos, sprites, tetras, special, ref):
@@ -255,29 +290,47 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     rows, cols = height // SAMPLES, width // SAMPLES
     blocks = samples.reshape(n_frames, rows, SAMPLES, cols, SAMPLES, 3)
     mid = slice(SAMPLES // 2 - 1, SAMPLES // 2 + 1)
+    sr, sc = np.nonzero(special)                                             # (n,) each
+    centres = np.stack([blocks[:, r, mid, c, mid] for r, c in zip(sr, sc)], 1)  # (F, n, 2, 2, 3)
     out = []
     for s, (r, c) in zip(sprites, ref):
-        area = np.maximum(_weights(blocks, protos, tetras[0], s).mean(axis=(2, 4)), 0)  # (F, R, C)
-        if special.any():
-            centre = _weights(blocks[:, :, mid, :, mid], protos, tetras[1], s)  # (F, R, 2, C, 2)
+        area = np.maximum(_block_mean(_weights(samples, protos, tetras[0], s)), 0)  # (F, R, C)
+        if len(sr):
+            centre = _weights(centres, protos, tetras[1], s).mean(axis=(2, 3))  # (F, n)
             whole = area[0, r, c]
             inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos[:1], tetras[0],
                              s).mean()  # frame 0's blocks with frame 0's prototypes
             scale = whole / inner if inner > 0.05 else 1.0
-            area = np.where(special, np.maximum(centre.mean(axis=(2, 4)), 0) * scale, area)
+            area[:, sr, sc] = np.maximum(centre, 0) * scale
         out.append(area / max(float(area[0, r, c]), 0.02))
     return np.stack(out)                                                     # (len, F, R, C)
 
 
-def _classify(means, protos, ratio):
+def _distances(means, protos, classes=None):
+    """RGB distance of each cell's mean to each prototype: (F, R, C, K) float32.
+
+    protos (F, K, 3): one prototype set per frame. With `classes`, only those columns, (F, R, C, k).
+    """
+    if classes is not None:
+        protos = protos[:, list(classes)]
+    d = (means[..., None, 0] - protos[:, None, None, :, 0]) ** 2             # (F, R, C, K)
+    d += (means[..., None, 1] - protos[:, None, None, :, 1]) ** 2
+    d += (means[..., None, 2] - protos[:, None, None, :, 2]) ** 2
+    return np.sqrt(d, out=d)
+
+
+def _classify(d, ratio):
     """Nearest prototype per cell with the ratio / MAX_DIST rejection: (F, R, C), UNKNOWN if unsure.
 
-    protos (F, K, 3): one prototype set per frame.
+    d (F, R, C, K): distances to the prototypes (_distances).
     """
-    d = np.sqrt(((means[..., None, :] - protos[:, None, None]) ** 2).sum(-1))  # (F, R, C, K)
-    two = np.partition(d, 1, axis=-1)                            # [..., 0] best, [..., 1] runner-up
-    best = d.argmin(-1)
-    ok = (two[..., 0] <= ratio * two[..., 1]) & (two[..., 0] <= MAX_DIST)  # NaN compares False
+    best = d.argmin(-1)                                                      # (F, R, C)
+    first = np.take_along_axis(d, best[..., None], -1)                       # (F, R, C, 1)
+    others = d.copy()
+    np.put_along_axis(others, best[..., None], np.inf, -1)
+    second = others.min(-1)                                                  # runner-up
+    first = first[..., 0]
+    ok = (first <= ratio * second) & (first <= MAX_DIST)                     # NaN compares False
     return np.where(ok, best, UNKNOWN)
 
 
@@ -371,10 +424,13 @@ def _frame0(g, video, palette, expect, static, ratio=RATIO):
         return None, (f"frame 0 does not show the puzzle: its class colours are not separable "
                       f"(closest pair {d.min():.0f} apart in RGB, need {MIN_SEPARATION:.0f})")
     protos = _refit(means, expect, protos0, static)
-    labels = _classify(means, protos, ratio)
-    if not all((expect == k).any() for k in range(len(palette))):
+    d = _distances(means, protos)                                            # (F, R, C, K)
+    labels = _classify(d, ratio)
+    absent = [k for k in range(len(palette)) if not (expect == k).any()]
+    if absent:
         protos = _observe_absent(means, labels, protos, expect)
-        labels = _classify(means, protos, ratio)
+        d[..., absent] = _distances(means, protos, absent)  # only their prototypes moved
+        labels = _classify(d, ratio)
     bad = np.argwhere(labels[0] != expect)
     if len(bad):
         r, c = bad[0]
