@@ -14,6 +14,7 @@ a sprite between two cells, blurred or smeared over frames shows as area split o
 The puzzle supplies geometry and expected layout; nothing else is read.
 
   score(puzzle, video) -> Score     one video; raises only on bad shape, dtype, range or frame count
+                                    (weights="code": the official code's reward weights)
   summarize(scores) -> dict         the paper's table: mean P, mean R, F1 of the means, mean SR
 
 Video convention: (F, H, W, 3), channels last, F >= MIN_FRAMES. uint8 is read as 0..255; floating
@@ -100,6 +101,15 @@ SOLVE_STATES = 20_000  # search budget of the push solver that measures Sokoban 
 FLOW_WEIGHTS = (0.15, 0.35, 0.30, 0.20)  # endpoints, connectivity, validity, coverage (the paper's
                                          # weights; the order of the terms is our inference)
 SOKOBAN_WEIGHTS = (0.5, 0.5)             # state, process (paper: lambda_state = lambda_proc = 0.5)
+# Named weight sets for score(..., weights=NAME). The official code weights the terms differently
+# from the paper (public issue luka-group/VideoRLVR#2): Sokoban 0.3 * final + 0.7 * process;
+# FlowFree 0.50 * path_validity + 0.20 * ep_pres + 0.20 * color_conn + 0.10 * a fourth term,
+# mapped onto our order (endpoints, connectivity, validity, coverage). That the fourth term is
+# coverage is our inference: the issue names only the first three.
+REWARD_WEIGHTS = {
+    "paper": dict(flow=FLOW_WEIGHTS, sokoban=SOKOBAN_WEIGHTS),  # arXiv 2605.15458, section 4.3
+    "code": dict(flow=(0.20, 0.20, 0.50, 0.10), sokoban=(0.3, 0.7)),
+}
 UNKNOWN = -1
 NEVER = 1 << 30        # "first frame" of a cell that is never visited
 
@@ -910,9 +920,10 @@ def _score_flowfree(p, g, video, weights):
       c3 validity     = share of N coloured with exactly 2 same-colour neighbours
       c4 coverage     = share of N coloured
       r = (w . c) * P * pace
-    The weights are the paper's (arXiv 2605.15458, section 4.3); the mapping of the terms and the
-    factors P (a complete but wrong board cannot outscore a correct partial one: the puzzle has one
-    solution, so P against the GT is P against every solution) and pace are our design.
+    The default weights are the paper's (arXiv 2605.15458, section 4.3; REWARD_WEIGHTS also holds
+    the official code's); the mapping of the terms and the factors P (a complete but wrong board
+    cannot outscore a correct partial one: the puzzle has one solution, so P against the GT is P
+    against every solution) and pace are our design.
     A static video scores 0 on all four (endpoints have no same-colour neighbour yet).
     """
     k = len(p.endpoints)
@@ -1187,8 +1198,9 @@ def _score_sokoban(p, g, video, weights):
       R_proc = share of the optimal pushes done by that board (_sokoban_progress)
       SR = no violation, the last board is seen in one of the last MAX_BLIND + 1 frames and has
            every box on a target
-    The weights are the paper's (arXiv 2605.15458, section 4.3); R_state follows its
-    boxes-on-target form, R_proc as progress is our design (no credit for moving without progress).
+    The default weights are the paper's (arXiv 2605.15458, section 4.3; REWARD_WEIGHTS["code"]
+    are the official code's 0.3 / 0.7); R_state follows its boxes-on-target form, R_proc as
+    progress is our design (no credit for moving without progress).
     """
     palette = np.array([pz.SOKO_COLORS[k] for k in SOKO_CLASSES], dtype=np.float32)
     expect = np.where(p.grid, S_WALL, S_FLOOR)
@@ -1274,14 +1286,23 @@ def _score_sokoban(p, g, video, weights):
 # -----------------------------------------------------------------------------
 # entry points
 
-def score(puzzle, video, flow_weights=FLOW_WEIGHTS, sokoban_weights=SOKOBAN_WEIGHTS):
+def score(puzzle, video, flow_weights=None, sokoban_weights=None, weights="paper"):
     """Score one video of `puzzle`.
 
     Returns P, R, F1, success (0/1), the dense reward in [0, 1], its components and the reason
     success failed ("ok" if it did not). Raises ValueError for a wrong shape or dtype, fewer than
-    MIN_FRAMES frames, a float video outside [-1, 1], or a frame too small for the grid; any content
-    (black, noise, a frozen frame 0, NaN) gets a Score.
+    MIN_FRAMES frames, a float video outside [-1, 1], a frame too small for the grid, or an
+    unknown `weights` name; any content (black, noise, a frozen frame 0, NaN) gets a Score.
+    weights names a set of REWARD_WEIGHTS ("paper" or "code"); flow_weights (4 terms) and
+    sokoban_weights (state, process), when given, override that set's. Only the reward depends on
+    the weights: success, P, R and F1 do not.
     """
+    if weights not in REWARD_WEIGHTS:
+        raise ValueError(f"unknown reward weights {weights!r}; expected one of "
+                         f"{sorted(REWARD_WEIGHTS)}")
+    named = REWARD_WEIGHTS[weights]
+    flow_weights = named["flow"] if flow_weights is None else flow_weights
+    sokoban_weights = named["sokoban"] if sokoban_weights is None else sokoban_weights
     video = _as_video(video)
     g = pz.geometry(puzzle, video.shape[1], video.shape[2])
     if puzzle.domain not in pz.DOMAINS:
