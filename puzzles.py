@@ -1,7 +1,8 @@
-"""The three verifiable puzzle domains of VideoRLVR: generators, independent solvers, video renderer.
+"""The three verifiable puzzle domains of VideoRLVR: generators, independent solvers, renderer.
 
-VideoRLVR ("Video Models Can Reason with Verifiable Rewards", arXiv 2605.15458) trains Wan2.2-TI2V-5B
-on Maze, FlowFree and Sokoban: frame 0 shows the puzzle, the video must show a solution unfolding.
+VideoRLVR ("Video Models Can Reason with Verifiable Rewards", arXiv 2605.15458) trains
+Wan2.2-TI2V-5B on Maze, FlowFree and Sokoban: frame 0 shows the puzzle, the video must show a
+solution unfolding.
 This file makes those puzzles and their ground-truth (GT) videos; reward.py reads videos back.
 The paper does not publish its generator or renderer; the choices here are ours, informed by public
 related work: VR-Bench (FoundationAgents/VR-Bench, maze levels and block mazes), vbvr-rl
@@ -9,8 +10,9 @@ related work: VR-Bench (FoundationAgents/VR-Bench, maze levels and block mazes),
 reverse-play generation), thomasahle/numberlink (no-self-touch FlowFree generation filters).
 No code is taken from them.
 
-  generate(domain, seed, **difficulty) -> Puzzle   deterministic; every instance checked solvable by
-                                                   a solver that does not share code with the generator
+  generate(domain, seed, **difficulty) -> Puzzle   deterministic; every instance checked solvable
+                                                   by a solver that does not share code with the
+                                                   generator
   render(puzzle, height, width, frames) -> (frames, height, width, 3) uint8 GT video
   geometry(puzzle, height, width) -> Geometry      where each grid cell sits in a frame of that size
   split_seeds(split, n, start=0)                   disjoint train/test seeds (and disjoint layouts)
@@ -20,7 +22,7 @@ Conventions. Cells are (row, col) tuples of ints; grids are (R, C) numpy arrays,
 A unit move is one step of the agent (maze), one pipe cell drawn (FlowFree) or one player step,
 push or not (Sokoban). Video shapes: F frames, H x W pixels, 3 channels, uint8.
 
-Run:  python puzzles.py --domain maze --n 4 --out samples/          (GIF per instance + PNG of frame 0)
+Run:  python puzzles.py --domain maze --n 4 --out samples/   (GIF per instance + PNG of frame 0)
       python puzzles.py --domain sokoban --level hard --height 480 --width 480 --frames 49
 """
 import argparse
@@ -37,9 +39,9 @@ DOMAINS = ("maze", "flowfree", "sokoban")
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
 
 # Difficulty knobs per domain and their defaults; generate() rejects any other keyword.
-#   maze:     rooms = rooms per side of a perfect block maze (grid 2*rooms+1); min_moves > 0: start and
-#             goal are a random pair of rooms at least min_moves unit moves apart along the maze;
-#             min_moves = 0: they are the two ends of the maze's longest path
+#   maze:     rooms = rooms per side of a perfect block maze (grid 2*rooms+1); min_moves > 0:
+#             start and goal are a random pair of rooms at least min_moves unit moves apart along
+#             the maze; min_moves = 0: they are the two ends of the maze's longest path
 #   flowfree: size = grid side, colors = number of endpoint pairs
 #   sokoban:  size = room side incl. border walls, boxes, min_pushes = least optimal pushes accepted
 KNOBS = {
@@ -56,7 +58,8 @@ LEVELS = {
     "maze": {"easy": dict(rooms=3, min_moves=8), "medium": dict(rooms=5), "hard": dict(rooms=7)},
     "flowfree": {"easy": dict(size=5, colors=4), "medium": dict(size=6, colors=5),
                  "hard": dict(size=7, colors=6)},
-    "sokoban": {"easy": dict(size=6, boxes=1, min_pushes=3), "medium": dict(size=7, boxes=2, min_pushes=4),
+    "sokoban": {"easy": dict(size=6, boxes=1, min_pushes=3),
+                "medium": dict(size=7, boxes=2, min_pushes=4),
                 "hard": dict(size=8, boxes=2, min_pushes=6)},
 }
 
@@ -69,12 +72,14 @@ TEST_SHARE = 0.25
 MAX_ATTEMPTS = 2000  # resampling budget per generate() call before it gives up with a clear error
 
 # Flat palette, far apart in RGB (our rule: >= 80 L2 between classes that can touch), neutral
-# backgrounds, no class drawn thinner than 0.3 cell (chroma subsampling and VAE blur eat thin lines).
+# backgrounds, no class drawn thinner than 0.3 cell (chroma subsampling and VAE blur eat thin
+# lines).
 MAZE_COLORS = {"floor": (245, 245, 245), "wall": (40, 40, 40), "goal": (40, 180, 80),
                "agent": (220, 40, 40), "trail": (40, 110, 230)}
 FLOW_BG, FLOW_LINE = (25, 25, 25), (90, 90, 90)
+# red, blue, yellow, green, orange, cyan, magenta, white
 FLOW_COLORS = ((230, 40, 40), (40, 90, 230), (235, 220, 40), (40, 170, 60), (245, 140, 20),
-               (40, 210, 220), (220, 50, 200), (240, 240, 240))  # red blue yellow green orange cyan magenta white
+               (40, 210, 220), (220, 50, 200), (240, 240, 240))
 SOKO_COLORS = {"floor": (235, 235, 235), "wall": (45, 45, 45), "target": (40, 180, 80),
                "box": (210, 120, 30), "player": (40, 90, 230)}
 # Sprite sizes as fractions of the cell side (our choice; the agent disc of radius ~cell/3 follows
@@ -83,27 +88,29 @@ SOKO_COLORS = {"floor": (235, 235, 235), "wall": (45, 45, 45), "target": (40, 18
 AGENT_RADIUS, GOAL_HALF, TRAIL_HALF = 0.33, 0.35, 0.225
 ENDPOINT_RADIUS, PIPE_HALF, TINT = 0.38, 0.25, 0.35
 TARGET_HALF, BOX_HALF, PLAYER_RADIUS = 0.30, 0.40, 0.33
-SOLVE_FRACTION = 0.85  # the solution unfolds over about the first 85% of the frames (solve_frames), then holds
-MIN_CELL = 8           # px; below this the sprites are a couple of pixels and the verifier cannot read them
+SOLVE_FRACTION = 0.85  # the solution unfolds over about the first 85% of the frames
+                       # (solve_frames), then holds
+MIN_CELL = 8           # px; below this the sprites are a couple of pixels and the verifier cannot
+                       # read them
 
 PROMPTS = {
-    "maze": ("Top-down view of a maze with dark walls on a white floor. The red dot moves one square at a "
-             "time along the white corridors, leaving a blue trail, never crossing a wall, and stops on "
-             "the green square. Static camera; the maze does not change."),
-    "flowfree": ("A Flow puzzle with {colors} pairs of coloured dots on a dark {size}x{size} grid. Starting "
-                 "from the dots, draw pipes one colour at a time so that each pair of same-coloured dots is "
-                 "connected, pipes never cross, and every square is filled. Static camera; the dots do not "
-                 "move."),
-    "sokoban": ("Top-down view of a Sokoban room with dark walls. The blue player walks one square at a "
-                "time and pushes the {boxes_word} onto the green {targets_word}; a box moves only when the "
-                "player pushes it from behind, and nothing passes through walls. Static camera; walls and "
-                "targets do not change."),
+    "maze": ("Top-down view of a maze with dark walls on a white floor. The red dot moves one "
+             "square at a time along the white corridors, leaving a blue trail, never crossing a "
+             "wall, and stops on the green square. Static camera; the maze does not change."),
+    "flowfree": ("A Flow puzzle with {colors} pairs of coloured dots on a dark {size}x{size} grid. "
+                 "Starting from the dots, draw pipes one colour at a time so that each pair of "
+                 "same-coloured dots is connected, pipes never cross, and every square is filled. "
+                 "Static camera; the dots do not move."),
+    "sokoban": ("Top-down view of a Sokoban room with dark walls. The blue player walks one square "
+                "at a time and pushes the {boxes_word} onto the green {targets_word}; a box moves "
+                "only when the player pushes it from behind, and nothing passes through walls. "
+                "Static camera; walls and targets do not change."),
 }
 
 
 @dataclass(frozen=True, eq=False)
 class Puzzle:
-    """One instance: everything the renderer and the verifier need (the verifier reads no other state).
+    """One instance: everything the renderer and the verifier need (it reads no other state).
 
     solution holds the states from the puzzle to the solved board, one unit move apart:
       maze      cells (r, c) of the agent, start ... goal
@@ -148,8 +155,10 @@ def _neighbours(cell, rows, cols):
 
 
 def bfs_distances(free, src, limit=None):
-    """Walk lengths from src over 4-connected True cells of `free`, up to `limit` moves (all if None):
-    {cell: moves}. src itself is always included, even if not free."""
+    """Walk lengths from src over 4-connected True cells of `free`: {cell: moves}.
+
+    Up to `limit` moves (all if None). src itself is always included, even if not free.
+    """
     rows, cols = free.shape
     dist = {src: 0}
     queue = deque([src])
@@ -164,7 +173,7 @@ def bfs_distances(free, src, limit=None):
 
 
 def shortest_path(free, start, goal):
-    """BFS over 4-connected True cells of `free`; the cell list start..goal, or None if unreachable."""
+    """BFS over 4-connected True cells of `free`: the cell list start..goal, None if unreachable."""
     rows, cols = free.shape
     parent = {start: None}
     queue = deque([start])
@@ -186,11 +195,15 @@ def shortest_path(free, start, goal):
 # seeds, splits, layouts
 
 def split_seeds(split, n, start=0):
-    """Seeds of `split` ("train" or "test"): train is [0, TEST_SEED_BASE), test [TEST_SEED_BASE, ...)."""
+    """Seeds of `split` ("train" or "test").
+
+    Train is [0, TEST_SEED_BASE), test [TEST_SEED_BASE, ...).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if start < 0 or (split == "train" and start + n > TEST_SEED_BASE):
-        raise ValueError(f"train seeds are 0..{TEST_SEED_BASE - 1}; start={start}, n={n} leaves that range")
+        raise ValueError(f"train seeds are 0..{TEST_SEED_BASE - 1}; start={start}, n={n} leaves "
+                         "that range")
     base = TEST_SEED_BASE if split == "test" else 0
     return range(base + start, base + start + n)
 
@@ -200,12 +213,18 @@ def seed_split(seed):
 
 
 def layout_key(domain, grid, *parts):
-    """Bytes identifying what frame 0 shows (walls + start/goal, endpoints, or boxes/targets/player)."""
+    """Bytes identifying what frame 0 shows.
+
+    Walls + start/goal (maze), endpoints (FlowFree), or boxes/targets/player (Sokoban).
+    """
     return domain.encode() + np.asarray(grid, dtype=np.uint8).tobytes() + repr(parts).encode()
 
 
 def layout_split(key):
-    """Split a layout belongs to, from a hash of its key; used to keep train/test layouts disjoint."""
+    """Split a layout belongs to, from a hash of its key.
+
+    Used to keep train/test layouts disjoint.
+    """
     h = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
     return "test" if h < TEST_SHARE * 2 ** 64 else "train"
 
@@ -222,8 +241,11 @@ def puzzle_layout_key(p):
 # maze: perfect block maze, start/goal at the ends of its longest path, BFS solver
 
 def _carve_maze(rng, rooms):
-    """Recursive backtracker (randomised DFS) on the room lattice: rooms sit at odd (r, c); carving the
-    wall cell between two rooms joins them. Gives a spanning tree, hence one path between any two cells."""
+    """Recursive backtracker (randomised DFS) on the room lattice.
+
+    Rooms sit at odd (r, c); carving the wall cell between two rooms joins them. Gives a spanning
+    tree, hence one path between any two cells.
+    """
     n = 2 * rooms + 1
     wall = np.ones((n, n), dtype=bool)
     first = (2 * rng.randrange(rooms) + 1, 2 * rng.randrange(rooms) + 1)
@@ -274,8 +296,9 @@ def _make_maze(rng, seed, split, rooms, min_moves):
             continue
         return Puzzle("maze", seed, dict(rooms=rooms, min_moves=min_moves), wall, PROMPTS["maze"],
                       tuple(path), start=start, goal=goal)
-    raise RuntimeError(f"no maze with rooms={rooms}, min_moves={min_moves} in {MAX_ATTEMPTS} attempts; "
-                       f"lower min_moves (the longest path of a {rooms}x{rooms}-room maze is finite)")
+    raise RuntimeError(f"no maze with rooms={rooms}, min_moves={min_moves} in {MAX_ATTEMPTS} "
+                       f"attempts; lower min_moves (the longest path of a {rooms}x{rooms}-room "
+                       "maze is finite)")
 
 
 # -----------------------------------------------------------------------------
@@ -302,11 +325,11 @@ def _is_induced_path(cells):
 def _flow_partition(rng, n, k):
     """Cover an n x n grid with k induced paths of >= 3 cells, or None.
 
-    Grow paths one at a time from the empty cell with the fewest empty neighbours (corners and pockets
-    first, so no cell is stranded), extending either end through empty cells that touch no other cell
-    of the same path, preferring the most constrained next cell (Warnsdorff). Then absorb paths shorter
-    than 3 into a neighbour, and merge or split paths until there are exactly k. Splitting an induced
-    path gives induced paths; merges are checked.
+    Grow paths one at a time from the empty cell with the fewest empty neighbours (corners and
+    pockets first, so no cell is stranded), extending either end through empty cells that touch no
+    other cell of the same path, preferring the most constrained next cell (Warnsdorff). Then
+    absorb paths shorter than 3 into a neighbour, and merge or split paths until there are exactly
+    k. Splitting an induced path gives induced paths; merges are checked.
     """
     empty = {(r, c) for r in range(n) for c in range(n)}
     owner = {}
@@ -343,7 +366,8 @@ def _flow_partition(rng, n, k):
         for j in candidates:
             for a in (paths[i], paths[i][::-1]):
                 for b in (paths[j], paths[j][::-1]):
-                    if abs(a[-1][0] - b[0][0]) + abs(a[-1][1] - b[0][1]) == 1 and _is_induced_path(a + b):
+                    touch = abs(a[-1][0] - b[0][0]) + abs(a[-1][1] - b[0][1]) == 1
+                    if touch and _is_induced_path(a + b):
                         paths[i] = a + b
                         del paths[j]
                         return True
@@ -372,7 +396,7 @@ def _flow_partition(rng, n, k):
 
 
 def count_flow_solutions(size, endpoints, limit=2):
-    """Number of FlowFree solutions of a size x size grid with these endpoint pairs, counted up to `limit`.
+    """Number of FlowFree solutions of a size x size grid with these endpoint pairs, up to `limit`.
 
     Rules (the no-self-touch convention of _is_induced_path): every cell gets one colour, an
     endpoint has exactly one same-colour neighbour, every other cell exactly two, and each colour
@@ -390,12 +414,14 @@ def count_flow_solutions(size, endpoints, limit=2):
             colour[r * size + c] = k
             need[r * size + c] = 1
     fixed = [x >= 0 for x in colour]
-    nbrs = [[rr * size + cc for rr, cc in _neighbours(divmod(i, size), size, size)] for i in range(n_cells)]
+    nbrs = [[rr * size + cc for rr, cc in _neighbours(divmod(i, size), size, size)]
+            for i in range(n_cells)]
     k_colours = len(endpoints)
     found = 0
 
     def feasible(i, upto):
-        # cells > upto are unassigned: same-colour count must still be able to land exactly on need[i]
+        # cells > upto are unassigned: the same-colour count must still be able to land exactly
+        # on need[i]
         same = sum(colour[j] == colour[i] for j in nbrs[i] if j <= upto)
         free = sum(j > upto for j in nbrs[i])
         return same <= need[i] <= same + free
@@ -422,10 +448,14 @@ def count_flow_solutions(size, endpoints, limit=2):
         if i >= size and not fixed[i]:
             up = i - size  # this cell is the last unassigned neighbour of the one above it
             same = sum(colour[j] == colour[up] for j in nbrs[up] if j < i)
-            options = [colour[up]] if same == need[up] - 1 else [x for x in options if x != colour[up]]
+            if same == need[up] - 1:
+                options = [colour[up]]
+            else:
+                options = [x for x in options if x != colour[up]]
         for x in options:
             colour[i] = x
-            if all(feasible(j, i) for j in (i, i - 1, i - size) if j >= 0 and (j != i - 1 or i % size)):
+            touched = [j for j in (i, i - 1, i - size) if j >= 0 and (j != i - 1 or i % size)]
+            if all(feasible(j, i) for j in touched):
                 search(i + 1)
             if found >= limit:
                 break
@@ -438,14 +468,15 @@ def count_flow_solutions(size, endpoints, limit=2):
 
 def _make_flowfree(rng, seed, split, size, colors):
     if not 2 <= colors <= len(FLOW_COLORS) or size < 3 or 3 * colors > size * size:
-        raise ValueError(f"flowfree needs size >= 3 and 2 <= colors <= {len(FLOW_COLORS)} with 3 cells per "
-                         f"colour; got size={size}, colors={colors}")
+        raise ValueError(f"flowfree needs size >= 3 and 2 <= colors <= {len(FLOW_COLORS)} with 3 "
+                         f"cells per colour; got size={size}, colors={colors}")
     grid = np.zeros((size, size), dtype=bool)
     for _ in range(MAX_ATTEMPTS):
         paths = _flow_partition(rng, size, colors)
         if paths is None:
             continue
-        # colour k = the k-th path by its first endpoint in row-major order; paths run from that endpoint
+        # colour k = the k-th path by its first endpoint in row-major order; paths run from that
+        # endpoint
         paths = sorted((p if p[0] < p[-1] else p[::-1] for p in paths), key=lambda p: p[0])
         endpoints = tuple((p[0], p[-1]) for p in paths)
         if layout_split(layout_key("flowfree", grid, endpoints)) != split:
@@ -456,14 +487,15 @@ def _make_flowfree(rng, seed, split, size, colors):
         for k, (a, b) in enumerate(endpoints):
             state[a] = state[b] = k
         states = [state.copy()]
-        for k, p in enumerate(paths):  # one colour at a time, each pipe grown from its first endpoint
+        for k, p in enumerate(paths):  # one colour at a time, each pipe grown from its 1st endpoint
             for cell in p[1:]:
                 state[cell] = k
                 states.append(state.copy())
         prompt = PROMPTS["flowfree"].format(colors=colors, size=size)
         return Puzzle("flowfree", seed, dict(size=size, colors=colors), grid, prompt, tuple(states),
                       endpoints=endpoints, paths=tuple(tuple(p) for p in paths))
-    raise RuntimeError(f"no unique flowfree puzzle with size={size}, colors={colors} in {MAX_ATTEMPTS} attempts")
+    raise RuntimeError(f"no unique flowfree puzzle with size={size}, colors={colors} in "
+                       f"{MAX_ATTEMPTS} attempts")
 
 
 # -----------------------------------------------------------------------------
@@ -490,11 +522,13 @@ def _sokoban_room(rng, size):
 
 
 def _reverse_play(rng, wall, targets, player, steps):
-    """Random walk of the player backwards in time from the solved state: moving away from an adjacent
-    box may pull it along (a pull undoes a push, so every state reached is solvable). Returns the
-    reached state with all boxes and the player off targets that maximises total box displacement times
-    (1 + pull-direction changes), a proxy for pushes that need re-positioning (gym-sokoban scores box
-    switches x displacement), or None."""
+    """Random walk of the player backwards in time from the solved state, or None.
+
+    Moving away from an adjacent box may pull it along (a pull undoes a push, so every state
+    reached is solvable). Returns the reached state with all boxes and the player off targets that
+    maximises total box displacement times (1 + pull-direction changes), a proxy for pushes that
+    need re-positioning (gym-sokoban scores box switches x displacement).
+    """
     boxes = list(targets)
     last_dir = [None] * len(boxes)
     turns = 0
@@ -512,7 +546,8 @@ def _reverse_play(rng, wall, targets, player, steps):
             boxes[i] = player
         player = nxt
         if not any(b in targets for b in boxes) and player not in targets:
-            score = (1 + turns) * sum(abs(b[0] - t[0]) + abs(b[1] - t[1]) for b, t in zip(boxes, targets))
+            shift = sum(abs(b[0] - t[0]) + abs(b[1] - t[1]) for b, t in zip(boxes, targets))
+            score = (1 + turns) * shift
             if score > best_score:
                 best, best_score = (player, tuple(boxes)), score
     return best
@@ -531,8 +566,11 @@ def _reachable(wall, boxes, src):
 
 
 def _live_cells(wall, targets):
-    """Cells from which a lone box can still be pushed onto some target: reverse closure from the targets
-    (a box at y can come from x = y - d when the player can stand at x - d). Boxes elsewhere are dead."""
+    """Cells from which a lone box can still be pushed onto some target.
+
+    The reverse closure from the targets (a box at y can come from x = y - d when the player can
+    stand at x - d). Boxes elsewhere are dead.
+    """
     live, stack = set(targets), list(targets)
     while stack:
         y = stack.pop()
@@ -546,10 +584,13 @@ def _live_cells(wall, targets):
 
 
 def solve_sokoban(wall, player, boxes, targets, max_states=200_000):
-    """Push-optimal solution as a list of (box cell, direction) pushes, or None (unsolvable or over the
-    state budget: such instances are rejected, never waited on). BFS over (boxes, canonical player cell
-    = smallest cell of the player's reachable region), so states one walk apart are one state; pushes
-    into dead cells (_live_cells) are pruned. Optimal in pushes, not in total steps."""
+    """Push-optimal solution as a list of (box cell, direction) pushes, or None.
+
+    None when unsolvable or over the state budget: such instances are rejected, never waited on.
+    BFS over (boxes, canonical player cell = smallest cell of the player's reachable region), so
+    states one walk apart are one state; pushes into dead cells (_live_cells) are pruned. Optimal
+    in pushes, not in total steps.
+    """
     targets = frozenset(targets)
     live = _live_cells(wall, targets)
     start = frozenset(boxes)
@@ -569,7 +610,8 @@ def solve_sokoban(wall, player, boxes, targets, max_states=200_000):
         for b in sorted(bset):
             for d in DIRS:
                 dest = _add(b, d)
-                if (b[0] - d[0], b[1] - d[1]) not in region or wall[dest] or dest in bset or dest not in live:
+                behind = (b[0] - d[0], b[1] - d[1])
+                if behind not in region or wall[dest] or dest in bset or dest not in live:
                     continue
                 nb = (bset - {b}) | {dest}
                 nkey = (nb, min(_reachable(wall, nb, b)))
@@ -582,7 +624,10 @@ def solve_sokoban(wall, player, boxes, targets, max_states=200_000):
 
 
 def sokoban_states(wall, player, boxes, pushes):
-    """Expand pushes into unit-move states (player, boxes): a shortest walk to behind each box, then the push."""
+    """Expand pushes into unit-move states (player, boxes).
+
+    A shortest walk to behind each box, then the push.
+    """
     boxes = list(boxes)
     states = [(player, tuple(boxes))]
     for b, d in pushes:
@@ -602,7 +647,8 @@ def sokoban_states(wall, player, boxes, pushes):
 
 def _make_sokoban(rng, seed, split, size, boxes, min_pushes):
     if size < 5 or boxes < 1:
-        raise ValueError(f"sokoban needs size >= 5 (incl. border walls) and boxes >= 1, got size={size}, boxes={boxes}")
+        raise ValueError(f"sokoban needs size >= 5 (incl. border walls) and boxes >= 1, got "
+                         f"size={size}, boxes={boxes}")
     for _ in range(MAX_ATTEMPTS):
         wall = _sokoban_room(rng, size)
         floor = sorted(zip(*np.nonzero(~wall)))
@@ -625,15 +671,19 @@ def _make_sokoban(rng, seed, split, size, boxes, min_pushes):
         words = dict(boxes_word="orange box" if boxes == 1 else f"{boxes} orange boxes",
                      targets_word="target" if boxes == 1 else "targets")
         return Puzzle("sokoban", seed, dict(size=size, boxes=boxes, min_pushes=min_pushes), wall,
-                      PROMPTS["sokoban"].format(**words), tuple(states), start=player, boxes=box_cells,
-                      targets=targets)
-    raise RuntimeError(f"no sokoban room with size={size}, boxes={boxes}, min_pushes={min_pushes} in "
-                       f"{MAX_ATTEMPTS} attempts; lower min_pushes or raise size")
+                      PROMPTS["sokoban"].format(**words), tuple(states), start=player,
+                      boxes=box_cells, targets=targets)
+    raise RuntimeError(f"no sokoban room with size={size}, boxes={boxes}, "
+                       f"min_pushes={min_pushes} in {MAX_ATTEMPTS} attempts; lower min_pushes or "
+                       "raise size")
 
 
 def generate(domain, seed, **difficulty):
-    """Deterministic puzzle for (domain, seed, difficulty). Knobs and defaults: KNOBS; named sets: LEVELS.
-    Seeds below TEST_SEED_BASE give train layouts, seeds above give test layouts (see split_seeds)."""
+    """Deterministic puzzle for (domain, seed, difficulty).
+
+    Knobs and defaults: KNOBS; named sets: LEVELS. Seeds below TEST_SEED_BASE give train layouts,
+    seeds above give test layouts (see split_seeds).
+    """
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     unknown = set(difficulty) - set(KNOBS[domain])
@@ -655,42 +705,55 @@ def generate(domain, seed, **difficulty):
 # rendering
 
 def check_video_size(height, width, frames):
-    """Wan2.2 constraints: frames = 4k+1 (the causal VAE keeps frame 0 and packs 4 frames per latent),
-    height and width multiples of 32 (VAE stride 16 x DiT patch 2)."""
+    """Wan2.2 constraints on a video size; ValueError if not met.
+
+    frames = 4k+1 (the causal VAE keeps frame 0 and packs 4 frames per latent), height and width
+    multiples of 32 (VAE stride 16 x DiT patch 2).
+    """
     if not (isinstance(frames, (int, np.integer)) and frames >= 1 and (frames - 1) % 4 == 0):
-        raise ValueError(f"frames must be 4k+1 (1, 5, 9, ..., 49, ...) for the Wan2.2 VAE, got {frames}")
+        raise ValueError(f"frames must be 4k+1 (1, 5, 9, ..., 49, ...) for the Wan2.2 VAE, got "
+                         f"{frames}")
     for name, v in (("height", height), ("width", width)):
         if not (isinstance(v, (int, np.integer)) and v > 0 and v % 32 == 0):
-            raise ValueError(f"{name} must be a positive multiple of 32 (VAE stride 16 x patch 2), got {v}")
+            raise ValueError(f"{name} must be a positive multiple of 32 (VAE stride 16 x patch 2), "
+                             f"got {v}")
 
 
 def geometry(puzzle, height, width):
-    """Cell size and offsets for a frame of height x width: the largest cell that is a multiple of 8 px
-    (integer cells so cell blocks are exact pixel blocks; multiples of 8 keep a 7x7 maze at 16 px in
-    128 px like the tiny demo's VAE cell) with the board centred; ValueError if cells would be < MIN_CELL."""
+    """Cell size and offsets for a frame of height x width, the board centred.
+
+    The largest cell that is a multiple of 8 px (integer cells so cell blocks are exact pixel
+    blocks; multiples of 8 keep a 7x7 maze at 16 px in 128 px like the tiny demo's VAE cell);
+    ValueError if cells would be < MIN_CELL.
+    """
     rows, cols = puzzle.grid.shape
     cell = min(height // rows, width // cols) // 8 * 8
     if cell < MIN_CELL:
-        raise ValueError(f"a {rows}x{cols} {puzzle.domain} grid does not fit {height}x{width} px with cells of "
-                         f">= {MIN_CELL} px (needs at least {rows * MIN_CELL}x{cols * MIN_CELL})")
+        raise ValueError(f"a {rows}x{cols} {puzzle.domain} grid does not fit {height}x{width} px "
+                         f"with cells of >= {MIN_CELL} px (needs at least "
+                         f"{rows * MIN_CELL}x{cols * MIN_CELL})")
     return Geometry(rows, cols, cell, (height - rows * cell) // 2, (width - cols * cell) // 2)
 
 
 def solve_frames(frames):
     """F_c, the frame at which the solution is complete.
 
-    About 85% of the way (our schedule; a fixed frame count with a completion frame, then a hold, as
-    in pufanyi/vbvr-rl src/precompute/maze_generator.py), rounded to a multiple of 4 so the held end
-    state starts on a VAE latent boundary (frames 4j+1..4j+4 share one latent frame): the last latent
-    frames then show the pure end state, not a blend with the last move. At least one latent frame
-    (4 frames) holds when F > 5: 9 -> 4, 17 -> 12, 33 -> 28, 49 -> 40.
+    About 85% of the way (our schedule; a fixed frame count with a completion frame, then a hold,
+    as in pufanyi/vbvr-rl src/precompute/maze_generator.py), rounded to a multiple of 4 so the held
+    end state starts on a VAE latent boundary (frames 4j+1..4j+4 share one latent frame): the last
+    latent frames then show the pure end state, not a blend with the last move. At least one latent
+    frame (4 frames) holds when F > 5: 9 -> 4, 17 -> 12, 33 -> 28, 49 -> 40.
     """
-    return max(1, min(4 * round(SOLVE_FRACTION * (frames - 1) / 4), frames - 5 if frames > 5 else frames - 1))
+    last = frames - 5 if frames > 5 else frames - 1
+    return max(1, min(4 * round(SOLVE_FRACTION * (frames - 1) / 4), last))
 
 
 def frame_times(n_moves, frames):
-    """Progress s_f in unit moves shown by frame f: s_0 = 0 (the puzzle), then uniform up to n_moves at
-    frame solve_frames(frames), held to the end. Sprites sit at path[s], interpolated between cells."""
+    """Progress s_f in unit moves shown by frame f.
+
+    s_0 = 0 (the puzzle), then uniform up to n_moves at frame solve_frames(frames), held to the
+    end. Sprites sit at path[s], interpolated between cells.
+    """
     return np.minimum(np.arange(frames) * (n_moves / solve_frames(frames)), n_moves)
 
 
@@ -700,23 +763,27 @@ def _centre(g, cell):
 
 
 def _stamp(img, cy, cx, half, colour, disc):
-    """Draw a filled disc (radius half) or square (half side) centred at pixel coords (cy, cx), clipped."""
+    """Draw a filled disc (radius half) or square (half side) at pixel coords (cy, cx), clipped."""
     y0, y1 = max(0, int(cy - half)), min(img.shape[0], int(cy + half) + 2)
     x0, x1 = max(0, int(cx - half)), min(img.shape[1], int(cx + half) + 2)
     yy = np.arange(y0, y1)[:, None] + 0.5 - cy  # (h, 1)
     xx = np.arange(x0, x1)[None, :] + 0.5 - cx  # (1, w)
-    mask = (yy ** 2 + xx ** 2 <= half ** 2) if disc else ((np.abs(yy) <= half) & (np.abs(xx) <= half))
+    if disc:
+        mask = yy ** 2 + xx ** 2 <= half ** 2
+    else:
+        mask = (np.abs(yy) <= half) & (np.abs(xx) <= half)
     img[y0:y1, x0:x1][mask] = colour
 
 
 def _sweep(g, shape, path, t0, half, cover, rgb=None, colour=None):
-    """First time each pixel is covered by a disc of radius `half` (px) moving along the cell centres of
-    `path`, one segment per unit of time starting at t0; writes min(cover, t) in place (and `colour`
-    into `rgb` where this path is first) and returns the pixel boxes of the segments as
-    (t_start, t_end, y0, y1, x0, x1). A swept disc gives round caps and joins, so the pipe/trail
-    covers each visited cell's centre patch even at a corner.
+    """First time each pixel is covered by a disc of radius `half` (px) moving along `path`.
 
-    Segment P -> Q of length c, pixel p: along = (p - P).dir, perp = |(p - P) x dir|. The disc centre
+    The disc moves along the cell centres of `path`, one segment per unit of time starting at t0;
+    writes min(cover, t) in place (and `colour` into `rgb` where this path is first) and returns
+    the pixel boxes of the segments as (t_start, t_end, y0, y1, x0, x1). A swept disc gives round
+    caps and joins, so the pipe/trail covers each visited cell's centre patch even at a corner.
+
+    Segment P -> Q of length c, pixel p: along = (p - P).dir, perp = |(p - P) x dir|. The centre
     P + u*c*dir covers p iff (along - u*c)^2 + perp^2 <= half^2, first at u = (along - h)/c with
     h = sqrt(half^2 - perp^2), clipped to [0, 1] and valid when along + h >= 0 and along - h <= c.
     """
@@ -747,7 +814,8 @@ def _background(p, g, height, width, colours):
     rows, cols, c = g.rows, g.cols, g.cell
     static = np.empty((height, width, 3), dtype=np.uint8)
     static[:] = colours["floor"]
-    board = static[g.y0:g.y0 + rows * c, g.x0:g.x0 + cols * c].reshape(rows, c, cols, c, 3)  # (R, c, C, c, 3)
+    board = static[g.y0:g.y0 + rows * c, g.x0:g.x0 + cols * c]
+    board = board.reshape(rows, c, cols, c, 3)                               # (R, c, C, c, 3)
     board[:] = np.where(p.grid[:, None, :, None, None], colours["wall"], colours["floor"])
     return static
 
@@ -755,8 +823,8 @@ def _background(p, g, height, width, colours):
 # Each scene is (static, layers, spans, sprites) for one puzzle at geometry g:
 #   static   (H, W, 3) what never changes;
 #   layers   [(cover time (H, W), colour (3,) or (H, W, 3))], drawn in order where cover time <= s;
-#   spans    [(t_start, t_end, y0, y1, x0, x1)] pixel boxes of the layers with their time spans (only
-#            those can change between two frames);
+#   spans    [(t_start, t_end, y0, y1, x0, x1)] pixel boxes of the layers with their time spans
+#            (only those can change between two frames);
 #   sprites  s -> [(cy, cx, half, colour, is_disc)] drawn on top at progress s.
 
 def _maze_scene(p, g, height, width):
@@ -779,8 +847,10 @@ def _sokoban_scene(p, g, height, width):
     boxes = np.array([s[1] for s in p.solution], dtype=np.float32)    # (L+1, n_boxes, 2)
 
     def sprites(s):  # boxes, then the player on top; a pushed box moves in lockstep with the player
-        out = [(*_centre(g, b), BOX_HALF * g.cell, SOKO_COLORS["box"], False) for b in _lerp(boxes, s)]
-        return out + [(*_centre(g, _lerp(players, s)), PLAYER_RADIUS * g.cell, SOKO_COLORS["player"], True)]
+        out = [(*_centre(g, b), BOX_HALF * g.cell, SOKO_COLORS["box"], False)
+               for b in _lerp(boxes, s)]
+        player = _centre(g, _lerp(players, s))
+        return out + [(*player, PLAYER_RADIUS * g.cell, SOKO_COLORS["player"], True)]
     return static, [], [], sprites
 
 
@@ -803,8 +873,10 @@ def _flow_scene(p, g, height, width):
         x = g.x0 + j * c - lw // 2
         line[g.y0:g.y0 + rows * c, max(0, x):min(width, x + lw)] = True
     static[line] = FLOW_LINE
-    tint_t, pipe_t = np.full(shape, np.inf, dtype=np.float32), np.full(shape, np.inf, dtype=np.float32)
-    tint_rgb, pipe_rgb = np.zeros((height, width, 3), np.uint8), np.zeros((height, width, 3), np.uint8)
+    tint_t = np.full(shape, np.inf, dtype=np.float32)
+    pipe_t = np.full(shape, np.inf, dtype=np.float32)
+    tint_rgb = np.zeros((height, width, 3), np.uint8)
+    pipe_rgb = np.zeros((height, width, 3), np.uint8)
     spans, t0 = [], 0.0
     for k, path in enumerate(p.paths):
         colour = np.array(FLOW_COLORS[k], dtype=np.float32)
@@ -815,7 +887,8 @@ def _flow_scene(p, g, height, width):
             tint_t[ys, xs] = t0 + i
             tint_rgb[ys, xs] = tint
             spans.append((t0 + i, t0 + i, ys.start, ys.stop, xs.start, xs.stop))
-        spans += _sweep(g, shape, path, t0, PIPE_HALF * c, pipe_t, pipe_rgb, colour.astype(np.uint8))
+        spans += _sweep(g, shape, path, t0, PIPE_HALF * c, pipe_t, pipe_rgb,
+                        colour.astype(np.uint8))
         t0 += len(path) - 1
     tint_t[line] = np.inf
     for k, pair in enumerate(p.endpoints):  # endpoint discs stay on top of every layer
@@ -834,12 +907,15 @@ def _lerp(track, s):
 
 
 def render(puzzle, height, width, frames):
-    """Ground-truth video (frames, height, width, 3) uint8: frame 0 is the puzzle, the solution unfolds
-    uniformly over the first ~85% of frames (frame_times), the end state holds to the last frame.
+    """Ground-truth video (frames, height, width, 3) uint8.
 
-    Motion is continuous at sub-cell level: the maze agent and Sokoban sprites are interpolated between
-    cell centres, the maze trail and FlowFree pipes grow as a swept disc, so several unit moves may fall
-    between two frames (tiny demo: 8-16 moves in 17 frames) and the video still shows every cell visited.
+    Frame 0 is the puzzle, the solution unfolds uniformly over the first ~85% of frames
+    (frame_times), the end state holds to the last frame.
+
+    Motion is continuous at sub-cell level: the maze agent and Sokoban sprites are interpolated
+    between cell centres, the maze trail and FlowFree pipes grow as a swept disc, so several unit
+    moves may fall between two frames (tiny demo: 8-16 moves in 17 frames) and the video still
+    shows every cell visited.
     Vectorised: only the pixel boxes whose cover time falls in a frame's time step are updated.
     """
     check_video_size(height, width, frames)
@@ -861,7 +937,8 @@ def render(puzzle, height, width, frames):
                     region = base[y0:y1, x0:x1]
                     for cover, colour in layers:
                         m = (cover[y0:y1, x0:x1] <= s)[..., None]
-                        np.copyto(region, colour[y0:y1, x0:x1] if colour.ndim == 3 else colour, where=m)
+                        paint = colour[y0:y1, x0:x1] if colour.ndim == 3 else colour
+                        np.copyto(region, paint, where=m)
             prev = s
         video[f] = base
         for cy, cx, half, colour, disc in sprites(s):
@@ -876,14 +953,19 @@ def save_gif(path, video, fps=8):
     """Animated GIF of a (F, H, W, 3) uint8 video (Pillow), looping."""
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-        raise ValueError(f"save_gif expects a (F, H, W, 3) uint8 video, got {video.shape} {video.dtype}")
+        raise ValueError(f"save_gif expects a (F, H, W, 3) uint8 video, got {video.shape} "
+                         f"{video.dtype}")
     frames = [Image.fromarray(f) for f in video]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(round(1000 / fps)), loop=0)
+    frames[0].save(path, save_all=True, append_images=frames[1:],
+                   duration=int(round(1000 / fps)), loop=0)
 
 
 def side_by_side(videos, captions, ok):
-    """Videos (n, F, H, W, 3) uint8 in one strip (F, H + 16, n (W + 4), 3), each framed green (ok[i]) or
-    red, with captions[i] written below: a rollout group and its verdicts (train.py)."""
+    """Videos (n, F, H, W, 3) uint8 in one strip (F, H + 16, n (W + 4), 3).
+
+    Each is framed green (ok[i]) or red, with captions[i] written below: a rollout group and its
+    verdicts (train.py).
+    """
     n, F, H, W, _ = videos.shape
     strip = np.full((F, H + 16, n * (W + 4), 3), 255, np.uint8)
     label = Image.new("RGB", (strip.shape[2], 12), "white")
@@ -897,7 +979,8 @@ def side_by_side(videos, captions, ok):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Generate puzzles and write their GT videos as GIF + frame-0 PNG.")
+    ap = argparse.ArgumentParser(
+        description="Generate puzzles and write their GT videos as GIF + frame-0 PNG.")
     ap.add_argument("--domain", choices=DOMAINS, default="maze")
     ap.add_argument("--level", choices=("easy", "medium", "hard"), default="easy")
     ap.add_argument("--n", type=int, default=4)

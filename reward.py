@@ -14,6 +14,7 @@ a sprite between two cells, blurred or smeared over frames shows as area split o
 The puzzle supplies geometry and expected layout; nothing else is read.
 
   score(puzzle, video) -> Score     one video; raises only on bad shape, dtype, range or frame count
+                                    (weights="code": the official code's reward weights)
   summarize(scores) -> dict         the paper's table: mean P, mean R, F1 of the means, mean SR
 
 Video convention: (F, H, W, 3), channels last, F >= MIN_FRAMES. uint8 is read as 0..255; floating
@@ -36,8 +37,9 @@ What a video must show (our rules; they are the verifier's contract with the pol
     new cell joins the cells of its colour drawn before, no cell has three same-colour neighbours,
     no cell changes colour or is erased, and at most the budget of new cells appears per frame.
   - Sokoban: every readable board follows from the previous one by legal unit moves within the
-    budget; a box between two cells needs the player on its axis (a pusher in push position);
-    nothing reads inside a wall.
+    budget, pushes or not (the player's walk is legal to the last frame); a box between two cells
+    needs the player on its axis (a pusher in push position); nothing reads inside a wall. A
+    player smeared over cells still counts as seen, for walking only; an absent or faint one not.
 The earliest violation ends the trajectory: the dense reward is computed from what was seen before.
 
 Run the tests: python -m pytest -q tests/test_reward*.py; speed: python tests/bench_reward.py
@@ -91,11 +93,23 @@ SEEN_MASS = (0.3, 1.8)     # a sprite is seen when its total area is within this
 IN_WALL = 0.4          # sprite area in a wall cell that shows the sprite passing through it (a
                        # sprite halfway into the wall shows 0.5; JPEG specks stay below)
 SECOND_MASS = 0.5      # area of a second blob that counts as a second agent / player
+SMEAR_MASS = 0.15      # Sokoban: total area (free cells above the blob floor) of a player seen
+                       # smeared over cells, not on one (a VAE latent frame averages 4 frames of
+                       # a fast walk: 0.23 seen); an erased or fainter player is not seen at all
 MAX_WALK_STATES = 50_000  # search budget for explaining one Sokoban board change (ms of CPU)
 SOLVE_STATES = 20_000  # search budget of the push solver that measures Sokoban progress
 FLOW_WEIGHTS = (0.15, 0.35, 0.30, 0.20)  # endpoints, connectivity, validity, coverage (the paper's
                                          # weights; the order of the terms is our inference)
 SOKOBAN_WEIGHTS = (0.5, 0.5)             # state, process (paper: lambda_state = lambda_proc = 0.5)
+# Named weight sets for score(..., weights=NAME). The official code weights the terms differently
+# from the paper (public issue luka-group/VideoRLVR#2): Sokoban 0.3 * final + 0.7 * process;
+# FlowFree 0.50 * path_validity + 0.20 * ep_pres + 0.20 * color_conn + 0.10 * a fourth term,
+# mapped onto our order (endpoints, connectivity, validity, coverage). That the fourth term is
+# coverage is our inference: the issue names only the first three.
+REWARD_WEIGHTS = {
+    "paper": dict(flow=FLOW_WEIGHTS, sokoban=SOKOBAN_WEIGHTS),  # arXiv 2605.15458, section 4.3
+    "code": dict(flow=(0.20, 0.20, 0.50, 0.10), sokoban=(0.3, 0.7)),
+}
 UNKNOWN = -1
 NEVER = 1 << 30        # "first frame" of a cell that is never visited
 
@@ -167,24 +181,48 @@ def _to_255(a):
     return (a.astype(np.float32) + 1) * 127.5
 
 
+def _row_sums(video, starts, step, count, x0, width, dtype):
+    """Sum of the strided row views video[:, s : s + count * step : step, x0 : x0 + width] over
+    the first rows s in `starts`: (F, count, width, 3) in dtype.
+
+    Each view is the same row of `count` cells (or blocks) at once, read in place: no gather copy,
+    one pass of adds per row (numpy reduces strided axes several times slower).
+    """
+    out = None
+    for s in starts:
+        rows = video[:, s:s + count * step:step, x0:x0 + width]             # (F, count, width, 3)
+        if out is None:
+            out = rows.astype(dtype)
+        else:
+            out += rows
+    return out
+
+
+def _sum_dtype(video, n_pixels):
+    """Accumulator for sums of n_pixels pixel values: exact integers for uint8, else float32."""
+    if video.dtype != np.uint8:
+        return np.float32
+    return np.uint16 if n_pixels * 255 < 1 << 16 else np.uint32
+
+
 def _cell_means(video, g):
     """Mean RGB (0..255) of each cell's central patch in every frame: (F, R, C, 3) float32.
 
-    Gathers the patch rows first (one contiguous copy), sums them, then sums the patch columns:
-    about 3 ms for 49 x 480 x 480, where a mean over the strided 6-d view costs 5x more.
+    The p patch rows of all cells are summed as p strided row views (_row_sums), then the patch
+    columns as p strided column views; uint8 sums are exact integers.
     """
     n_frames = video.shape[0]
     rows, cols, c = g.rows, g.cols, g.cell
     lo = int(round(c * (1 - PATCH) / 2))
     p = c - 2 * lo
-    ys = (g.y0 + np.arange(rows)[:, None] * c + np.arange(lo, lo + p)[None, :]).ravel()   # (R*p,)
-    floating = video.dtype != np.uint8
-    acc = np.float32 if floating else (np.uint16 if p <= 257 else np.uint32)
-    a = video[:, ys, g.x0:g.x0 + cols * c]                                 # (F, R*p, C*c, 3)
-    a = a.reshape(n_frames, rows, p, cols * c * 3).sum(axis=2, dtype=acc)  # (F, R, C*c*3)
-    a = a.reshape(n_frames, rows, cols, c, 3)[:, :, :, lo:lo + p]          # (F, R, C, p, 3)
-    means = a.sum(axis=3, dtype=np.float32) / (p * p)                     # (F, R, C, 3)
-    if floating:
+    acc = _sum_dtype(video, p * p)
+    a = _row_sums(video, range(g.y0 + lo, g.y0 + lo + p), c, rows, g.x0, cols * c, acc)
+    a = a.reshape(n_frames, rows, cols, c, 3)                                # (F, R, C, c, 3)
+    sums = a[:, :, :, lo].copy()                                             # (F, R, C, 3)
+    for j in range(lo + 1, lo + p):
+        sums += a[:, :, :, j]
+    means = sums.astype(np.float32) / (p * p)
+    if video.dtype != np.uint8:
         means = (means + 1) * 127.5
     return means
 
@@ -194,25 +232,20 @@ def _samples(video, g):
 
     Block means (over up to 4 evenly spaced pixel rows of the block and all its columns) average
     the pixel noise away; since the unmixing in _sprite_area is linear, the weight of a block mean
-    is the mean weight of its pixels. Rows are gathered (one contiguous copy) and summed by one
-    reduction, columns by adding the block's column slices (a strided reduction over a short axis
-    is several times slower in numpy).
+    is the mean weight of its pixels. Rows are summed as strided row views (_row_sums), the block's
+    columns by one einsum over the (blocks, columns, 3) view; uint8 sums are exact integers.
     """
     n_frames, side = video.shape[0], g.cell // SAMPLES
     rows, cols = g.rows * SAMPLES, g.cols * SAMPLES
     k = min(side, 4)                                                         # pixel rows per block
     picks = ((np.arange(k) + 0.5) * side / k).astype(int)                    # (k,)
-    ys = (g.y0 + np.arange(rows)[:, None] * side + picks[None]).ravel()     # (R*S*k,)
-    floating = video.dtype != np.uint8
-    acc = np.float32 if floating else np.uint16
-    a = video[:, ys, g.x0:g.x0 + cols * side]                                # (F, R*S*k, C*S*b, 3)
-    a = a.reshape(n_frames, rows, k, cols * side * 3).sum(axis=2, dtype=acc)  # (F, R*S, C*S*b*3)
-    a = a.reshape(n_frames, rows, cols, side, 3)
-    out = a[:, :, :, 0].astype(np.float32)                                  # (F, R*S, C*S, 3)
-    for j in range(1, side):
-        out += a[:, :, :, j]
+    acc = _sum_dtype(video, k * side)
+    a = _row_sums(video, g.y0 + picks, side, rows, g.x0, cols * side, acc)   # (F, R*S, C*S*b, 3)
+    a = a.reshape(-1, side, 3)                                               # (F*R*S*C*S, b, 3)
+    out = np.einsum("nbc->nc", a).astype(np.float32)                         # (F*R*S*C*S, 3)
+    out = out.reshape(n_frames, rows, cols, 3)                               # (F, R*S, C*S, 3)
     out /= side * k
-    return (out + 1) * 127.5 if floating else out
+    return (out + 1) * 127.5 if video.dtype != np.uint8 else out
 
 
 def _barycentric(protos, tetra):
@@ -228,9 +261,25 @@ def _weights(x, protos, tetra, s):
     Weights outside [-0.3, 1.3] mean the block is not such a mix and count 0; above 1 count 1.
     """
     row = _barycentric(protos, tetra)[:, tetra.index(s)]                     # (F, 4)
-    w = np.einsum("f...c,fc->f...", x, row[:, :3])
-    w += row[:, 3].reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.where((w < -0.3) | (w > 1.3), 0, np.minimum(w, 1))
+    row = row.reshape((-1,) + (1,) * (x.ndim - 2) + (4,))                    # (F, 1, ..., 4)
+    w = x[..., 0] * row[..., 0]
+    w += x[..., 1] * row[..., 1]
+    w += x[..., 2] * row[..., 2]
+    w += row[..., 3]
+    w[(w < -0.3) | (w > 1.3)] = 0
+    return np.minimum(w, 1, out=w)
+
+
+def _block_mean(w):
+    """Mean over each cell's SAMPLES x SAMPLES blocks of (F, R*S, C*S) values: (F, R, C)."""
+    n_frames, height, width = w.shape
+    rows, cols = height // SAMPLES, width // SAMPLES
+    w = w.reshape(n_frames, rows, SAMPLES, width).sum(axis=2)               # (F, R, C*S)
+    w = w.reshape(n_frames, rows, cols, SAMPLES)                             # (F, R, C, S)
+    out = w[..., 0].copy()
+    for j in range(1, SAMPLES):
+        out += w[..., j]
+    return out / (SAMPLES * SAMPLES)
 
 
 def _sprite_area(samples, protos, sprites, tetras, special, ref):
@@ -251,29 +300,47 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     rows, cols = height // SAMPLES, width // SAMPLES
     blocks = samples.reshape(n_frames, rows, SAMPLES, cols, SAMPLES, 3)
     mid = slice(SAMPLES // 2 - 1, SAMPLES // 2 + 1)
+    sr, sc = np.nonzero(special)                                             # (n,) each
+    centres = np.stack([blocks[:, r, mid, c, mid] for r, c in zip(sr, sc)], 1)  # (F, n, 2, 2, 3)
     out = []
     for s, (r, c) in zip(sprites, ref):
-        area = np.maximum(_weights(blocks, protos, tetras[0], s).mean(axis=(2, 4)), 0)  # (F, R, C)
-        if special.any():
-            centre = _weights(blocks[:, :, mid, :, mid], protos, tetras[1], s)  # (F, R, 2, C, 2)
+        area = np.maximum(_block_mean(_weights(samples, protos, tetras[0], s)), 0)  # (F, R, C)
+        if len(sr):
+            centre = _weights(centres, protos, tetras[1], s).mean(axis=(2, 3))  # (F, n)
             whole = area[0, r, c]
             inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos[:1], tetras[0],
                              s).mean()  # frame 0's blocks with frame 0's prototypes
             scale = whole / inner if inner > 0.05 else 1.0
-            area = np.where(special, np.maximum(centre.mean(axis=(2, 4)), 0) * scale, area)
+            area[:, sr, sc] = np.maximum(centre, 0) * scale
         out.append(area / max(float(area[0, r, c]), 0.02))
     return np.stack(out)                                                     # (len, F, R, C)
 
 
-def _classify(means, protos, ratio):
+def _distances(means, protos, classes=None):
+    """RGB distance of each cell's mean to each prototype: (F, R, C, K) float32.
+
+    protos (F, K, 3): one prototype set per frame. With `classes`, only those columns, (F, R, C, k).
+    """
+    if classes is not None:
+        protos = protos[:, list(classes)]
+    d = (means[..., None, 0] - protos[:, None, None, :, 0]) ** 2             # (F, R, C, K)
+    d += (means[..., None, 1] - protos[:, None, None, :, 1]) ** 2
+    d += (means[..., None, 2] - protos[:, None, None, :, 2]) ** 2
+    return np.sqrt(d, out=d)
+
+
+def _classify(d, ratio):
     """Nearest prototype per cell with the ratio / MAX_DIST rejection: (F, R, C), UNKNOWN if unsure.
 
-    protos (F, K, 3): one prototype set per frame.
+    d (F, R, C, K): distances to the prototypes (_distances).
     """
-    d = np.sqrt(((means[..., None, :] - protos[:, None, None]) ** 2).sum(-1))  # (F, R, C, K)
-    two = np.partition(d, 1, axis=-1)                            # [..., 0] best, [..., 1] runner-up
-    best = d.argmin(-1)
-    ok = (two[..., 0] <= ratio * two[..., 1]) & (two[..., 0] <= MAX_DIST)  # NaN compares False
+    best = d.argmin(-1)                                                      # (F, R, C)
+    first = np.take_along_axis(d, best[..., None], -1)                       # (F, R, C, 1)
+    others = d.copy()
+    np.put_along_axis(others, best[..., None], np.inf, -1)
+    second = others.min(-1)                                                  # runner-up
+    first = first[..., 0]
+    ok = (first <= ratio * second) & (first <= MAX_DIST)                     # NaN compares False
     return np.where(ok, best, UNKNOWN)
 
 
@@ -367,10 +434,13 @@ def _frame0(g, video, palette, expect, static, ratio=RATIO):
         return None, (f"frame 0 does not show the puzzle: its class colours are not separable "
                       f"(closest pair {d.min():.0f} apart in RGB, need {MIN_SEPARATION:.0f})")
     protos = _refit(means, expect, protos0, static)
-    labels = _classify(means, protos, ratio)
-    if not all((expect == k).any() for k in range(len(palette))):
+    d = _distances(means, protos)                                            # (F, R, C, K)
+    labels = _classify(d, ratio)
+    absent = [k for k in range(len(palette)) if not (expect == k).any()]
+    if absent:
         protos = _observe_absent(means, labels, protos, expect)
-        labels = _classify(means, protos, ratio)
+        d[..., absent] = _distances(means, protos, absent)  # only their prototypes moved
+        labels = _classify(d, ratio)
     bad = np.argwhere(labels[0] != expect)
     if len(bad):
         r, c = bad[0]
@@ -850,9 +920,10 @@ def _score_flowfree(p, g, video, weights):
       c3 validity     = share of N coloured with exactly 2 same-colour neighbours
       c4 coverage     = share of N coloured
       r = (w . c) * P * pace
-    The weights are the paper's (arXiv 2605.15458, section 4.3); the mapping of the terms and the
-    factors P (a complete but wrong board cannot outscore a correct partial one: the puzzle has one
-    solution, so P against the GT is P against every solution) and pace are our design.
+    The default weights are the paper's (arXiv 2605.15458, section 4.3; REWARD_WEIGHTS also holds
+    the official code's); the mapping of the terms and the factors P (a complete but wrong board
+    cannot outscore a correct partial one: the puzzle has one solution, so P against the GT is P
+    against every solution) and pace are our design.
     A static video scores 0 on all four (endpoints have no same-colour neighbour yet).
     """
     k = len(p.endpoints)
@@ -996,18 +1067,20 @@ def _sokoban_frames(p, labels, player_area, box_area):
     """Per frame: the board (player, frozenset of boxes) or None, violations (frame, why, ends) and
     the player's other candidate cells.
 
-    A board with player None: the boxes read at rest but the player is not seen (see
-    _score_sokoban for what such a frame supports).
-
     A frame is readable (has a board) when one player is seen (SEEN_MASS of its frame-0 area) and
     the boxes snap to distinct cells (the n cells with the most box area, each >= 0.25 of a box,
     and no further cell with 0.8 of one: a box too many); the player stands on the heaviest cell of
     its blob that is not a box cell. The other free cells of the blob with >= 1/2 of that cell's
     area are candidates too (a player smeared along a push can be anywhere along its smear; the
     transition search takes the first that explains the change, as the maze walk does).
+    A board with player None: the boxes read at rest and the player is seen smeared, not on one
+    cell (its free cells above the blob floor of _blobs total SMEAR_MASS of its frame-0 area or
+    more, but no blob holds SEEN_MASS: a sprite smeared over a latent frame's 4 frames). It is
+    evidence that the player is there and moving, not of where: it supports a walk only
+    (_score_sokoban). A player absent or faint (less area in total) gives no board at all.
     Violations: player or box area >= IN_WALL inside a wall cell (a sprite between two cells
-    across a wall has passed it); two players; a box between two cells with
-    no pusher in push position; a target reading floor in two frames running.
+    across a wall has passed it); two players; a box between two cells with no pusher in push
+    position; a target reading floor in two frames running.
     """
     n_frames, n_boxes = len(labels), len(p.boxes)
     is_target = np.zeros(p.grid.shape, dtype=bool)
@@ -1023,6 +1096,10 @@ def _sokoban_frames(p, labels, player_area, box_area):
     if lost.any():
         f, r, c = np.argwhere(lost)[0]
         events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}", True))
+    floor = np.maximum(SPRITE_MIN, PEAK_SHARE * player_area.max((1, 2)))      # (F,) as _blobs
+    on_floor = (player_area >= floor[:, None, None]) & ~p.grid[None]         # (F, R, C)
+    total = np.where(on_floor, player_area, 0.0).sum((1, 2))                 # (F,)
+    smeared = (total >= SMEAR_MASS) & (total <= SEEN_MASS[1])
     boards = [None] * n_frames
     boards[0] = (p.start, frozenset(p.boxes))
     others = [[] for _ in range(n_frames)]
@@ -1038,8 +1115,8 @@ def _sokoban_frames(p, labels, player_area, box_area):
         if extra >= 0.8 or min(box_area[f][x] for x in cells) < 0.25:
             continue
         if not SEEN_MASS[0] <= mass <= SEEN_MASS[1]:
-            if all(box_area[f][x] >= 0.8 for x in cells):
-                boards[f] = (None, frozenset(cells))  # boxes at rest, the player not seen
+            if smeared[f] and all(box_area[f][x] >= 0.8 for x in cells):
+                boards[f] = (None, frozenset(cells))  # boxes at rest, the player seen smeared
             continue
         spots = sorted((x for x in main if x not in cells and not p.grid[x]),
                        key=lambda x: -player_area[f][x])
@@ -1109,17 +1186,21 @@ def _score_sokoban(p, g, video, weights):
     Boards and one-frame violations come from _sokoban_frames. Between successive boards there must
     be a legal unit-move sequence (_sokoban_walk) of at most allowed_moves(..., 1) moves from its
     first push on, and at most MAX_PACE times the GT pace in pushes (no slack: a push is what
-    counts, and a short solution must not fit the slack of one frame); frames between them that
-    show the boxes at rest where they were (the player not seen) add one frame's budget each for
-    walking only. More than MAX_BLIND frames with neither
-    end the trajectory.
+    counts, and a short solution must not fit the slack of one frame). The same budget holds for
+    a walk that pushes nothing, after the last push too: the player's walk is one legal walk on
+    the floor through the whole video, as the maze agent's. Frames between two boards that show
+    the boxes at rest where they were and the player smeared (seen, not on one cell) add one
+    frame's budget each for walking only. A frame where the player is not seen (absent, faint)
+    or the boxes do not read at rest supports no move and never widens the budget; more than
+    MAX_BLIND such frames in a row end the trajectory.
       P = |pushes & GT pushes| / |pushes|, R = ... / |GT pushes| (multisets of (from, to) box cells)
       R_state = share of boxes on targets in the last board reached legally
       R_proc = share of the optimal pushes done by that board (_sokoban_progress)
       SR = no violation, the last board is seen in one of the last MAX_BLIND + 1 frames and has
            every box on a target
-    The weights are the paper's (arXiv 2605.15458, section 4.3); R_state follows its
-    boxes-on-target form, R_proc as progress is our design (no credit for moving without progress).
+    The default weights are the paper's (arXiv 2605.15458, section 4.3; REWARD_WEIGHTS["code"]
+    are the official code's 0.3 / 0.7); R_state follows its boxes-on-target form, R_proc as
+    progress is our design (no credit for moving without progress).
     """
     palette = np.array([pz.SOKO_COLORS[k] for k in SOKO_CLASSES], dtype=np.float32)
     expect = np.where(p.grid, S_WALL, S_FLOOR)
@@ -1157,7 +1238,7 @@ def _score_sokoban(p, g, video, weights):
                 break
             continue
         run = 0
-        if board[0] is None:  # boxes seen where they were: the player may walk, nothing is pushed
+        if board[0] is None:  # boxes where they were, the player smeared: it may walk, not push
             n_still += 1
             continue
         catch_up = _catch_up(still[f_last] or held, f > f_last + 1, f_change, f_last)
@@ -1205,14 +1286,23 @@ def _score_sokoban(p, g, video, weights):
 # -----------------------------------------------------------------------------
 # entry points
 
-def score(puzzle, video, flow_weights=FLOW_WEIGHTS, sokoban_weights=SOKOBAN_WEIGHTS):
+def score(puzzle, video, flow_weights=None, sokoban_weights=None, weights="paper"):
     """Score one video of `puzzle`.
 
     Returns P, R, F1, success (0/1), the dense reward in [0, 1], its components and the reason
     success failed ("ok" if it did not). Raises ValueError for a wrong shape or dtype, fewer than
-    MIN_FRAMES frames, a float video outside [-1, 1], or a frame too small for the grid; any content
-    (black, noise, a frozen frame 0, NaN) gets a Score.
+    MIN_FRAMES frames, a float video outside [-1, 1], a frame too small for the grid, or an
+    unknown `weights` name; any content (black, noise, a frozen frame 0, NaN) gets a Score.
+    weights names a set of REWARD_WEIGHTS ("paper" or "code"); flow_weights (4 terms) and
+    sokoban_weights (state, process), when given, override that set's. Only the reward depends on
+    the weights: success, P, R and F1 do not.
     """
+    if weights not in REWARD_WEIGHTS:
+        raise ValueError(f"unknown reward weights {weights!r}; expected one of "
+                         f"{sorted(REWARD_WEIGHTS)}")
+    named = REWARD_WEIGHTS[weights]
+    flow_weights = named["flow"] if flow_weights is None else flow_weights
+    sokoban_weights = named["sokoban"] if sokoban_weights is None else sokoban_weights
     video = _as_video(video)
     g = pz.geometry(puzzle, video.shape[1], video.shape[2])
     if puzzle.domain not in pz.DOMAINS:

@@ -439,6 +439,47 @@ def test_sokoban_accepts_other_valid_solutions_and_credits_progress():
 
 
 # -----------------------------------------------------------------------------
+# reward weights: the paper's and the official code's (luka-group/VideoRLVR issue #2)
+
+@pytest.mark.parametrize("domain", ["flowfree", "sokoban"])
+def test_code_weights_change_the_reward_not_the_verdict(domain):
+    assert set(rw.REWARD_WEIGHTS) == {"paper", "code"}
+    assert rw.REWARD_WEIGHTS["paper"] == dict(flow=rw.FLOW_WEIGHTS, sokoban=rw.SOKOBAN_WEIGHTS)
+    for named in rw.REWARD_WEIGHTS.values():
+        assert sum(named["flow"]) == pytest.approx(1) and sum(named["sokoban"]) == pytest.approx(1)
+    for seed in range(4):
+        p, gt = make(domain, "easy", seed, 128, 128, 17)
+        k = max(1, (len(p.solution) - 1) // 2)
+        partial = pz.render(replace(p, solution=p.solution[:k + 1]), 128, 128, 17)
+        paper, code = rw.score(p, partial), rw.score(p, partial, weights="code")
+        assert paper.success == code.success == 0 and paper.reason == code.reason, (paper, code)
+        assert (paper.precision, paper.recall) == (code.precision, code.recall)
+        assert 0 < code.reward < 1 and abs(paper.reward - code.reward) > 1e-3, (paper, code)
+        assert rw.score(p, partial, weights="paper").reward == paper.reward
+        # the code's reward is the same components under the code's weights
+        c = code.components
+        if domain == "sokoban":
+            expect = 0.3 * c["state"] + 0.7 * c["proc"]
+        else:
+            terms = (c["endpoints"], c["connectivity"], c["validity"], c["coverage"])
+            expect = np.dot((0.20, 0.20, 0.50, 0.10), terms) * code.precision * c["pace"]
+        assert code.reward == pytest.approx(expect * (c.get("layout", 1.0)), abs=1e-9)
+        for weights in ("paper", "code"):
+            s = rw.score(p, gt, weights=weights)
+            assert s.success == 1 and s.reward == pytest.approx(1), (weights, s)
+    # the explicit keyword arguments still override the named set
+    first = rw.score(p, partial, weights="code", sokoban_weights=(1.0, 0.0),
+                     flow_weights=(1, 0, 0, 0))
+    c = first.components
+    if domain == "sokoban":
+        assert first.reward == pytest.approx(c["state"] * c["layout"])
+    else:
+        assert first.reward == pytest.approx(c["endpoints"] * first.precision * c["pace"])
+    with pytest.raises(ValueError, match=r"unknown reward weights 'cod'.*'code', 'paper'"):
+        rw.score(p, partial, weights="cod")
+
+
+# -----------------------------------------------------------------------------
 # garbage and bad input
 
 @pytest.mark.parametrize("domain,height,frames", [("maze", 128, 17), ("flowfree", 96, 17), ("sokoban", 96, 17),

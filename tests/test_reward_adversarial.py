@@ -219,6 +219,54 @@ def test_sokoban_cheats_of_issue_10_fail(size, frames, n):
         assert ok and s.reward < 0.5, (p.seed, "jump", s)
 
 
+def soko_frame(p, size, player, boxes):
+    """One frame of the board with the player at a (fractional) cell; off the board hides it."""
+    return pz.render(replace(p, solution=((player, tuple(boxes)),)), size, size, 9)[0]
+
+
+def soko_unseen_walk(p, size, frames, dest, alpha, n_end):
+    """The GT up to its last push, then the player slides in a straight line to `dest` (through
+    whatever is between) drawn with opacity alpha (0: erased), and stands on `dest` in the last
+    n_end frames."""
+    out = render(p, size, frames)
+    f_c = pz.solve_frames(frames)
+    last, boxes = p.solution[-1]
+    a, b = np.array(last, float), np.array(dest, float)
+    bare = soko_frame(p, size, (-10.0, -10.0), boxes).astype(np.float32)
+    n_slide = frames - n_end - f_c - 1
+    for i, f in enumerate(range(f_c + 1, frames - n_end)):
+        drawn = soko_frame(p, size, tuple(a + (b - a) * (i + 1) / (n_slide + 1)), boxes)
+        out[f] = np.round(bare + alpha * (drawn - bare)).astype(np.uint8)
+    out[frames - n_end:] = soko_frame(p, size, dest, boxes)
+    return out
+
+
+@pytest.mark.parametrize("size,frames,n", SIZES)
+def test_sokoban_walk_after_the_last_push_must_be_seen_and_legal(size, frames, n):
+    """After the boxes are solved the player vanishes (erased, or faint: below SMEAR_MASS) and
+    reappears on its start cell or on the free cell farthest from it by a legal walk. Unseen
+    frames never widen the walking budget: this must fail whenever the hidden frames are more than
+    MAX_BLIND or the legal walk needs more moves than the largest budget of one transition."""
+    wins, checked = [], 0
+    for p in puzzles_for("sokoban", size, 2 * n, base=5000):
+        last, boxes = p.solution[-1]
+        free = ~p.grid
+        for x in boxes:
+            free[x] = False
+        dist = pz.bfs_distances(free, last)
+        hidden = frames - 2 - pz.solve_frames(frames)
+        budget = rw.allowed_moves(p, frames, rw.CATCH_UP)
+        for dest in {p.start, max(dist, key=dist.get)}:
+            if hidden <= rw.MAX_BLIND and dist[dest] <= budget:
+                continue  # a fast but legal walk, seen at both ends: nothing to fail
+            checked += 1
+            for alpha in (0.0, 0.1):  # erased, faint
+                s = rw.score(p, soko_unseen_walk(p, size, frames, dest, alpha, 1))
+                if s.success:
+                    wins.append((p.seed, dest, dist[dest], budget, alpha, s.reason))
+    assert checked >= n // 2 and not wins, (checked, wins)
+
+
 def test_sokoban_pays_nothing_for_moving_without_progress():
     for p in puzzles_for("sokoban", 128, 12, base=7000):
         free = ~p.grid
