@@ -3,7 +3,8 @@
 Run after `python train.py --config demo` (its SFT checkpoint, eval_sft.json and eval_rl.json are
 reused; every number comes from held-out test puzzles scored from pixels):
   python tests/scripts/ablations.py [--run runs/demo] [--out runs/ablations] \
-      [--only seeds,esf,reward,weights] [--domain sokoban] [--weights_domain flowfree]
+      [--only seeds,esf,reward,weights] [--domain sokoban] [--weights_domain sokoban] \
+      [--no_equal_time]
 
 seeds    RL > SFT is robust, not lucky: the RL stage again with --seed=1 and 2 from the same SFT
          checkpoint (seed 0 is the main run); per domain, the paired gain of each seed and their
@@ -11,7 +12,7 @@ seeds    RL > SFT is robust, not lucky: the RL stage again with --seed=1 and 2 f
 esf      Early-Step Focus (K = N/2, the main run) vs full-step GRPO (K = N - 1: Flow-GRPO trains
          int(0.99 N) of its N steps and keeps the last one deterministic): seconds per iteration
          (rollout, decode, reward, update), held-out success at equal iterations, and ESF run for
-         as many iterations as fit in the full-step arm's wall-clock.
+         as many iterations as fit in the full-step arm's wall-clock (unless --no_equal_time).
 reward   Dense vs sparse (success-only) reward on one domain (--domain) from the SFT checkpoint:
          the zero-std group ratio (an all-equal group teaches nothing) and held-out success.
 weights  The paper's reward weights vs the official code's (--reward_weights=code;
@@ -80,17 +81,18 @@ def seeds(cfg, sft, main_rl, out, domains):
     E.report(table, out / "seeds")
 
 
-def esf(cfg, sft, run, out):
+def esf(cfg, sft, run, out, equal_time):
     """Early-Step Focus (the main run) vs full-step K = N - 1, at equal iterations and time."""
     n, k, iters = cfg["num_steps"], cfg["sde_steps"], cfg["rl_steps"]
     full = out / "esf_full"
     train(cfg, full, f"--sde_steps={n - 1}")
     arms = {f"K={k} (ESF)": rl_summary(run), f"K={n - 1} (full)": rl_summary(full)}
     t_esf, t_full = arms[f"K={k} (ESF)"][0], arms[f"K={n - 1} (full)"][0]
-    same_time = max(iters, round(iters * t_full["total"] / t_esf["total"]))
-    timed = out / f"esf_{same_time}it"
-    train(cfg, timed, f"--rl_steps={same_time}")
-    arms[f"K={k} (ESF), {same_time} it = full's time"] = rl_summary(timed)
+    if equal_time:
+        same_time = max(iters, round(iters * t_full["total"] / t_esf["total"]))
+        timed = out / f"esf_{same_time}it"
+        train(cfg, timed, f"--rl_steps={same_time}")
+        arms[f"K={k} (ESF), {same_time} it = full's time"] = rl_summary(timed)
     print(f"\nEarly-Step Focus vs full-step GRPO from {cfg['sft_ckpt']}:")
     for name, (t, res) in arms.items():
         print(f"  {name}: {t['seconds']:.1f}s per iteration = rollout {t['rollout']:.1f} + decode "
@@ -104,19 +106,22 @@ def esf(cfg, sft, run, out):
 
 
 def one_domain(cfg, sft, out, domain, name, arms):
-    """RL runs on one domain from the SFT checkpoint: {label: extra flags} -> printed, reported."""
+    """RL runs on one domain from the SFT checkpoint, printed and reported.
+
+    arms: {run name: (label, extra flags)}; a run is out/<domain>_<run name>, shared by the
+    ablations that use it (the dense reward with the paper's weights is both's baseline).
+    """
     n = cfg["eval_n"] // len(cfg["domains"].split(","))
     base = [f"--domains={domain}", f"--eval_n={n}"]
     table = {"SFT": sft}
-    d = E.paired_difference(sft, sft, domain)
-    print(f"\n{name} on {domain} from {cfg['sft_ckpt']} (SFT SR on {d['n']} {domain} puzzles: "
+    print(f"\n{name} on {domain} from {cfg['sft_ckpt']} (SFT SR on {domain}: "
           f"{100 * sft[domain]['success']:.1f}%):")
-    for label, extra in arms.items():
-        o = out / f"{name}_{domain}_{label}"
+    for run_name, (label, extra) in arms.items():
+        o = out / f"{domain}_{run_name}"
         train(cfg, o, *base, *extra)
         t, res = rl_summary(o)
         table[f"SFT + RL, {label}"] = res
-        print(f"  {label:6s}: zero-std group ratio {t['zero_std']:.2f}; held-out SR "
+        print(f"  {label}: zero-std group ratio {t['zero_std']:.2f}; held-out SR "
               f"{100 * res[domain]['success']:.1f}% (vs SFT {gain(sft, res, domain)[1]} points), "
               f"reward {res[domain]['reward']:.3f}")
     (out / f"{name}_{domain}").mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,9 @@ def main():
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--only", default="seeds,esf,reward,weights")
     ap.add_argument("--domain", default="sokoban", help="the dense vs sparse arm's domain")
-    ap.add_argument("--weights_domain", default="flowfree", help="the reward weights' domain")
+    ap.add_argument("--weights_domain", default="sokoban", help="the reward weights' domain")
+    ap.add_argument("--no_equal_time", action="store_true",
+                    help="skip the ESF arm run for the full-step arm's wall-clock")
     args = ap.parse_args()
     run, out = ROOT / args.run, ROOT / args.out
     cfg = json.loads((run / (run / "latest").read_text().strip() / "config.json").read_text())
@@ -140,13 +147,15 @@ def main():
     if "seeds" in only:
         seeds(cfg, sft, main_rl, out, cfg["domains"].split(","))
     if "esf" in only:
-        esf(cfg, sft, run, out)
+        esf(cfg, sft, run, out, not args.no_equal_time)
     if "reward" in only:
         one_domain(cfg, sft, out, args.domain, "reward",
-                   {"dense": ["--reward=dense"], "sparse": ["--reward=sparse"]})
+                   {"dense": ("dense reward", []),
+                    "sparse": ("sparse reward", ["--reward=sparse"])})
     if "weights" in only:
         one_domain(cfg, sft, out, args.weights_domain, "weights",
-                   {"paper": ["--reward_weights=paper"], "code": ["--reward_weights=code"]})
+                   {"dense": ("paper weights", []),
+                    "code": ("code weights", ["--reward_weights=code"])})
 
 
 if __name__ == "__main__":
