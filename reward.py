@@ -242,9 +242,8 @@ def _samples(video, g):
     acc = _sum_dtype(video, k * side)
     a = _row_sums(video, g.y0 + picks, side, rows, g.x0, cols * side, acc)   # (F, R*S, C*S*b, 3)
     a = a.reshape(-1, side, 3)                                               # (F*R*S*C*S, b, 3)
-    out = np.einsum("nbc->nc", a).astype(np.float32)                         # (F*R*S*C*S, 3)
+    out = np.divide(np.einsum("nbc->nc", a), side * k, dtype=np.float32)    # (F*R*S*C*S, 3)
     out = out.reshape(n_frames, rows, cols, 3)                               # (F, R*S, C*S, 3)
-    out /= side * k
     return (out + 1) * 127.5 if video.dtype != np.uint8 else out
 
 
@@ -388,11 +387,14 @@ def _refit(means, expect, protos0, static):
     offset = np.zeros((n_frames, 1, 3), np.float32)
     for _ in range(2):
         protos = gain * protos0[None] + offset                               # (F, K, 3)
-        d = ((y[:, :, None] - protos[:, None]) ** 2).sum(-1)                 # (F, N, K)
+        d = (y[:, :, None, 0] - protos[:, None, :, 0]) ** 2                  # (F, N, K)
+        d += (y[:, :, None, 1] - protos[:, None, :, 1]) ** 2
+        d += (y[:, :, None, 2] - protos[:, None, :, 2]) ** 2
         w = (d.argmin(-1) == e[None]).astype(np.float32)[..., None]          # (F, N, 1)
-        n = w.sum(1, keepdims=True)                                          # (F, 1, 1)
-        sx, sy = (w * x).sum(1, keepdims=True), (w * y).sum(1, keepdims=True)
-        sxx, sxy = (w * x * x).sum(1, keepdims=True), (w * x * y).sum(1, keepdims=True)
+        wx = w * x
+        terms = np.concatenate([w, wx, w * y, wx * x, wx * y], -1)           # (F, N, 13)
+        sums = terms.sum(1, keepdims=True)                                   # (F, 1, 13)
+        n, sx, sy, sxx, sxy = sums[..., :1], *np.split(sums[..., 1:], 4, -1)
         den = n * sxx - sx * sx
         spread = den > (n * n * 400)                     # grey levels >= ~20 apart in this channel
         g_new = np.where(spread, (n * sxy - sx * sy) / np.where(spread, den, 1), 1.0)
