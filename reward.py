@@ -42,7 +42,8 @@ What a video must show (our rules; they are the verifier's contract with the pol
     player smeared over cells still counts as seen, for walking only; an absent or faint one not.
 The earliest violation ends the trajectory: the dense reward is computed from what was seen before.
 
-Run the tests: python -m pytest -q tests/test_reward*.py; speed: python tests/bench_reward.py
+Run the tests: python -m pytest -q tests/test_reward*.py; speed: python tests/scripts/bench_reward.py;
+verdicts unchanged by a refactor: python tests/scripts/verdicts.py --save / --check FILE
 """
 from collections import Counter
 from dataclasses import dataclass, field
