@@ -301,7 +301,8 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     blocks = samples.reshape(n_frames, rows, SAMPLES, cols, SAMPLES, 3)
     mid = slice(SAMPLES // 2 - 1, SAMPLES // 2 + 1)
     sr, sc = np.nonzero(special)                                             # (n,) each
-    centres = np.stack([blocks[:, r, mid, c, mid] for r, c in zip(sr, sc)], 1)  # (F, n, 2, 2, 3)
+    centres = blocks[:, sr, :, sc][:, :, mid, mid]                           # (n, F, 2, 2, 3)
+    centres = np.moveaxis(centres, 0, 1)                                     # (F, n, 2, 2, 3)
     out = []
     for s, (r, c) in zip(sprites, ref):
         area = np.maximum(_block_mean(_weights(samples, protos, tetras[0], s)), 0)  # (F, R, C)
