@@ -21,10 +21,15 @@ Any TrainConfig field can be overridden with --key=value (train.get_config, used
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
+
+# Idle OpenMP threads sleep instead of spinning, so a run on shared cores slows in proportion
+# to the cores it loses (measured in train.py's note on it); set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -147,8 +152,11 @@ def eval_noise(latent, seed, indices, device):
 
 @torch.no_grad()
 def evaluate(dit, vae, text, batch, device, *, frames, height, width, steps, shift, guidance=1.0,
-             unipc=False, seed=0, micro_batch=8, gif_dir=None, n_gifs=4):
+             unipc=False, seed=0, micro_batch=8, gif_dir=None, n_gifs=4, reward_weights="paper"):
     """Generate and score one video per puzzle of `batch` with the deterministic ODE sampler.
+
+    reward_weights names the dense reward's weights (reward.REWARD_WEIGHTS); the success and the
+    P / R / F1 metrics do not depend on them.
 
     Returns {"overall": summary, "<domain>": summary, "samples": per-sample rows} on every rank
     (scores are gathered). Puzzle i's initial noise comes from its own generator (seed, "eval", i),
@@ -174,7 +182,7 @@ def evaluate(dit, vae, text, batch, device, *, frames, height, width, steps, shi
     for i, p, v in zip(share, mine, gen.videos):
         if i >= n:
             continue
-        s = reward.score(p, v)
+        s = reward.score(p, v, weights=reward_weights)
         rows.append(dict(index=i, domain=p.domain, seed=p.seed, precision=s.precision,
                          recall=s.recall, f1=s.f1, success=s.success, reward=s.reward,
                          reason=s.reason))
@@ -221,15 +229,21 @@ def summarize_rows(rows):
     return res
 
 
-def paired_difference(a, b):
-    """b - a on the same puzzles with the same noise (both evaluate() results).
+def paired_difference(a, b, domain=None):
+    """b - a on the same puzzles (both evaluate() results), over all domains or one.
 
     The mean difference of success and of reward with the standard error of the paired
     differences, sqrt(var(d) / n). This is the right error bar for comparing two checkpoints on one
     test set: puzzles both solve, or both fail, add no noise to it (unlike two separate errors).
+    Samples are matched by (domain, seed), so an evaluation of one domain pairs with the same
+    domain's puzzles of a multi-domain one; with the same eval_n and domains they also share the
+    noise (eval_noise draws it by index).
     """
-    sa = {r["index"]: r for r in a["samples"]}
-    sb = {r["index"]: r for r in b["samples"]}
+    def by_puzzle(result):
+        return {(r["domain"], r["seed"]): r for r in result["samples"]
+                if domain is None or r["domain"] == domain}
+
+    sa, sb = by_puzzle(a), by_puzzle(b)
     common = sorted(set(sa) & set(sb))
     out = {"n": len(common)}
     for key in ("success", "reward"):
@@ -282,10 +296,14 @@ def report(results, out):
     table = format_table(results)
     names = list(results)
     for name in names[1:]:
-        d = paired_difference(results[names[0]], results[name])
-        table += (f"\n\n{name} - {names[0]} (paired, {d['n']} puzzles): success "
-                  f"{100 * d['success']:+.1f} ± {100 * d['success_se']:.1f} points, "
-                  f"reward {d['reward']:+.3f} ± {d['reward_se']:.3f}")
+        table += f"\n\n{name} - {names[0]}, paired:"
+        first = results[names[0]]
+        doms = [d for d in puzzles.DOMAINS if d in first and d in results[name]]
+        for domain in [None] + (doms if len(doms) > 1 else []):
+            d = paired_difference(first, results[name], domain)
+            table += (f"\n- {domain or 'all'} ({d['n']} puzzles): success "
+                      f"{100 * d['success']:+.1f} ± {100 * d['success_se']:.1f} points, "
+                      f"reward {d['reward']:+.3f} ± {d['reward_se']:.3f}")
     M.atomic_write(Path(out) / "results.md", lambda tmp: tmp.write_text(table + "\n"))
     print("\n" + table)
     return table
@@ -376,8 +394,9 @@ def evaluate_config(cfg, dit, vae, text, device, gif_dir=None, split=("test", 0)
     batch = puzzles.make_batch(doms, cfg.level, split[0], split[1], cfg.eval_n)
     return evaluate(dit, vae, text, batch, device, frames=cfg.frames, height=cfg.height,
                     width=cfg.width, steps=cfg.eval_steps, shift=cfg.eval_shift,
-                    guidance=cfg.eval_cfg, unipc=cfg.eval_unipc, seed=cfg.seed,
-                    micro_batch=cfg.micro_batch, gif_dir=gif_dir)
+                    guidance=cfg.eval_cfg, unipc=cfg.eval_unipc, seed=cfg.eval_seed,
+                    micro_batch=cfg.micro_batch, gif_dir=gif_dir,
+                    reward_weights=cfg.reward_weights)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+# OpenMP threads that sleep while they wait for work, instead of spinning. With spinning (the
+# default), a run sharing 2 cores with one other busy torch process slowed 5.7x per VAE warm-up
+# step (1.46 -> 8.3 s); passive waiting slows it 1.7x (-> 2.4 s), in proportion to the cores lost,
+# and costs nothing measurable on idle cores (tests/scripts/bench_threads.py). It must be set
+# before torch loads its OpenMP runtime; an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -89,11 +96,17 @@ class TrainConfig:
     vae_steps: int = 0
     vae_batch: int = 4
     vae_lr: float = 2e-3
+    vae_weights: str = ""          # a trained tiny VAE (model.save_vae file, relative to this file)
+                                   # loaded instead of the warm-up: stage 0's stand-in
+    vae_check: int = 64            # test videos per domain round-tripped through the VAE (printed)
     # stage 1: SFT
     sft_steps: int = 0
     sft_batch: int = 8             # videos per optimizer step, across all ranks
     sft_lr: float = 1e-4
-    sft_shift: float = 5.0         # shift of the SFT sigma sampling (sde.sft_noising)
+    sft_pool: int = 0              # SFT cycles over train puzzles 0 .. sft_pool - 1 (a fixed SFT
+                                   # set, as the paper's 30,000 videos); 0: fresh puzzles every step
+    sft_shift: float = 5.0         # shift of the SFT sigma sampling (sde.sft_noising); the presets
+                                   # use one shift for SFT, rollouts and evaluation
     # stage 2: RL
     rl_steps: int = 0
     puzzles_per_step: int = 4      # P distinct puzzles per RL iteration, across all ranks
@@ -101,7 +114,8 @@ class TrainConfig:
     groups_per_update: int = 4     # optimizer step after this many groups (P / this per iteration)
     num_steps: int = 20            # N rollout denoising steps (flow_grpo config/grpo.py Wan: 20)
     sde_steps: int = 10            # K: SDE + backprop on [sde_start, sde_start + K); K = N/2 from
-                                   # the paper's ~40% saving (arXiv 2605.15458 abstract)
+                                   # the paper's ~40% saving (arXiv 2605.15458 abstract); at most
+                                   # N - 1: the last step stays an ODE step
     sde_start: int = 0             # Early-Step Focus: the window starts at the noisiest step
     noise_level: float = 0.7       # a in sigma_t = a sqrt(sigma / (1 - sigma)) (flow_grpo base.py)
     sde_type: str = "sde"          # sde (Flow-GRPO), cps, dance (sde.sde_step)
@@ -115,6 +129,7 @@ class TrainConfig:
     weight_decay: float = 1e-4     # AdamW (0.9, 0.999), eps 1e-8 (flow_grpo config/base.py)
     grad_clip: float = 1.0
     reward: str = "dense"          # dense: reward.py's decomposed reward; sparse: success only
+    reward_weights: str = "paper"  # dense-reward weights: paper or code (reward.REWARD_WEIGHTS)
     # LoRA (rank 0 = train all DiT weights)
     lora_rank: int = 0
     lora_alpha: float = 64.0
@@ -127,6 +142,8 @@ class TrainConfig:
     eval_n: int = 0                # held-out test puzzles per evaluation (0 = none)
     eval_steps: int = 20           # ODE steps of the evaluation sampler
     eval_shift: float = 5.0
+    eval_seed: int = 0             # the evaluation's noise seed: runs of any --seed are scored on
+                                   # the same noise, so their differences are paired
     eval_cfg: float = 1.0          # classifier-free guidance scale of the evaluation sampler
     eval_unipc: bool = False       # Wan2.2's flow UniPC solver instead of Euler (deterministic)
     # logging and checkpoints
@@ -145,20 +162,41 @@ class TrainConfig:
 # The presets. Each entry is a complete, runnable run; values override the TrainConfig defaults.
 CONFIGS = {}
 
-# CPU demo (2 cores, ~15 min): 3x3-room mazes at 16 px per cell (one VAE latent cell per maze
-# cell), 128x128, 17 frames = 5 latent frames, 80 DiT tokens. Stage 0 ~4 min (cached), SFT 1,200 x
-# 16 videos ~5 min, RL 24 iterations x 128 rollouts ~5 min (rollout shift 2: the K = 5 SDE steps
-# reach sigma 0.5). RL lr and batch were chosen on 512 validation mazes (train split, unseen
-# seeds), not on the test split (tests/scripts/tune_rl.py).
-CONFIGS["tiny"] = dict(
-    model="tiny", out_dir="runs/tiny", domains="maze", level="easy",
+# The tiny model's VAE, trained once by tests/scripts/make_tiny_vae.py (the demo preset's stage 0
+# settings below) and shipped in the repository: the stand-in for Wan2.2's pretrained VAE, so no
+# run spends minutes warming one up. --vae_weights= warms one up instead (cached under .cache/).
+TINY_VAE = "assets/tiny_vae.safetensors"
+
+# The CPU demonstration (2 cores, <= 30 min): one multi-task model on the three domains at their
+# easy levels (puzzles.LEVELS: 3x3-room mazes of >= 8 moves, 5x5 FlowFree with 4 colours, 6x6
+# Sokoban with 1 box and >= 3 pushes), 128x128, 17 frames = 5 latent frames, 80 DiT tokens.
+# Stage 0: the shipped VAE (its round trip checked on 64 test videos per domain). SFT: 2,400 steps
+# x 16 videos over a fixed set of 3,072 training puzzles, each encoded once (latent cache). RL: 24
+# iterations x 16 puzzles x 8 rollouts, K = 5 of N = 10 steps. One sigma shift, 3, for SFT,
+# rollouts and evaluation (the 5b preset's). RL lr and batch were chosen on validation mazes (train
+# split, unseen seeds), not on the test split (tests/scripts/tune_rl.py). Evaluation: 256 test
+# puzzles per domain.
+DEMO = dict(
+    model="tiny", out_dir="runs/demo", domains="maze,flowfree,sokoban", level="easy",
     height=128, width=128, frames=17,
-    vae_steps=400, vae_batch=4, vae_lr=2e-3,
-    sft_steps=1200, sft_batch=16, sft_lr=1e-3, latent_cache=4096,
+    vae_steps=2000, vae_batch=4, vae_lr=2e-3, vae_weights=TINY_VAE, vae_check=64,
+    sft_steps=2400, sft_batch=16, sft_lr=1e-3, sft_pool=3072, latent_cache=3072, sft_shift=3.0,
     rl_steps=24, puzzles_per_step=16, group_size=8, groups_per_update=16,
-    num_steps=10, sde_steps=5, shift=2.0, lr=5e-5, clip_range=1e-3,
-    eval_n=256, eval_steps=10, micro_batch=32, save_every=200, gif_every=10,
+    num_steps=10, sde_steps=5, shift=3.0, lr=5e-5, clip_range=1e-3,
+    eval_n=768, eval_steps=10, eval_shift=3.0, micro_batch=32, save_every=400, gif_every=10,
 )
+
+# The smoke run (2 cores, ~2 min from a fresh clone): every stage of the demo on all three domains,
+# at a size that checks an install, not one that learns: the shipped VAE's round trip on 4 test
+# videos per domain, 40 SFT steps, 2 RL iterations of 3 puzzles x 4 rollouts, evaluation of 4 test
+# puzzles per domain after SFT and after RL, GIFs, metrics.jsonl, curves.png and the table.
+CONFIGS["tiny"] = DEMO | dict(
+    out_dir="runs/tiny", vae_check=4,
+    sft_steps=40, sft_batch=8, sft_pool=48, latent_cache=48,
+    rl_steps=2, puzzles_per_step=3, group_size=4, groups_per_update=3,
+    eval_n=12, micro_batch=16, save_every=1000, gif_every=1,
+)
+CONFIGS["demo"] = DEMO
 
 # Wan2.2-TI2V-5B, all DiT weights under FSDP2.
 # SFT: ~5 epochs over the paper's 30,000 training videos (4,700 x 32; RL started from "SFT Epoch 5",
@@ -202,7 +240,8 @@ CONFIGS["5b_1gpu"] = CONFIGS["5b"] | dict(
 
 
 PRESETS_HELP = {
-    "tiny": "CPU demo (~15 min on 2 cores): tiny VAE warm-up, SFT, 24 RL iterations, results table",
+    "tiny": "CPU smoke run (~2 min on 2 cores): every stage on the 3 domains, a tiny size",
+    "demo": "CPU demonstration (<= 30 min on 2 cores): SFT then RL on the 3 domains, results table",
     "5b": "Wan2.2-TI2V-5B, all DiT weights under FSDP2 (torchrun on GPUs); needs --ckpt_dir",
     "5b_lora": "the 5b preset with LoRA r32 on q,k,v,o and KL beta 0.004 (FSDP, 8 GPUs)",
     "5b_lora_1gpu": "5b_lora on one 80 GB GPU, no FSDP (~54 GiB by the dry run)",
@@ -343,9 +382,12 @@ def check_config(cfg, world):
                           f"reward.MIN_FRAMES = {reward.MIN_FRAMES} frames (frame 0, the motion, "
                           "the held end state)")
     window_end = cfg.sde_start + cfg.sde_steps
-    if not 0 <= cfg.sde_start <= window_end <= cfg.num_steps:
+    if not 0 <= cfg.sde_start <= window_end <= cfg.num_steps - 1:
         raise ConfigError(f"SDE window [{cfg.sde_start}, {window_end}) must lie in "
-                         f"[0, {cfg.num_steps})")
+                         f"[0, {cfg.num_steps - 1}): the last of the {cfg.num_steps} steps stays "
+                         "a deterministic ODE step, or its noise stays in the video (Flow-GRPO "
+                         "trains int(0.99 N) of N steps); full-step GRPO is "
+                         f"--sde_steps={cfg.num_steps - 1}")
     if cfg.rl_steps and cfg.sde_steps == 0:
         raise ConfigError("--sde_steps=0 leaves RL nothing to train: K must be >= 1")
     if cfg.puzzles_per_step % cfg.groups_per_update:
@@ -358,6 +400,13 @@ def check_config(cfg, world):
         raise ConfigError(f"P x G = {rl_videos} videos must split evenly over {world} ranks")
     if cfg.reward not in ("dense", "sparse"):
         raise ConfigError(f"--reward={cfg.reward}: dense or sparse")
+    if cfg.reward_weights not in reward.REWARD_WEIGHTS:
+        raise ConfigError(f"--reward_weights={cfg.reward_weights}: choose from "
+                          f"{', '.join(reward.REWARD_WEIGHTS)}")
+    if cfg.vae_weights and not cfg.ckpt_dir and not (ROOT / cfg.vae_weights).is_file():
+        raise ConfigError(f"--vae_weights={cfg.vae_weights}: no such file under {ROOT}; "
+                          f"regenerate it with python tests/scripts/make_tiny_vae.py, or pass "
+                          "--vae_weights= to warm the VAE up instead")
     if cfg.model not in M.DIT_CONFIGS:
         raise ConfigError(f"--model={cfg.model}: presets {list(M.DIT_CONFIGS)}")
 
@@ -393,6 +442,7 @@ class Run:
     rank: int = 0
     world: int = 1
     latent_cache: dict = dataclasses.field(default_factory=dict)   # SFT: GT latents by layout
+    sft_set: list = dataclasses.field(default_factory=list)        # SFT: the sft_pool puzzles
 
 
 def encode_videos(run, batch):
@@ -428,8 +478,12 @@ def vae_loss(vae, x):
     return pixel + 4 * colour
 
 
-def train_vae(cfg, vae, device):
-    """The warm-up's optimisation loop; returns the final loss."""
+def train_vae(cfg, vae, device, after_step=None):
+    """The warm-up's optimisation loop; returns the final loss.
+
+    after_step(step, loss), if given, runs after each step (tests/scripts/make_tiny_vae.py prints
+    the round trip along the way; it draws no random numbers, so the result does not change).
+    """
     torch.manual_seed(cfg.seed)
     vae.set_latent_stats([0.0] * vae.cfg.z_dim, [1.0] * vae.cfg.z_dim)     # raw latents to train
     vae.train().requires_grad_(True)
@@ -447,11 +501,13 @@ def train_vae(cfg, vae, device):
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if after_step is not None:
+            after_step(step, loss.item())
     vae.eval().requires_grad_(False)
     return loss.item()
 
 
-def warmup_vae(cfg, vae, device):
+def warmup_vae(cfg, vae, device, after_step=None):
     """Stage 0 (tiny only): train the randomly initialised VAE as an autoencoder on puzzle videos.
 
     Rendered videos of the run's domains, level and size: the stand-in for Wan2.2's pretrained VAE.
@@ -478,29 +534,64 @@ def warmup_vae(cfg, vae, device):
     path = ROOT / cfg.cache_dir / f"vae_{digest}.safetensors"
     if not path.exists() and is_master():
         t0 = time.time()
-        final_loss = train_vae(cfg, vae, device)
+        final_loss = train_vae(cfg, vae, device, after_step)
         with torch.no_grad():                                               # measured latent stats
             sample = make_puzzles(cfg, "train", 20_000_000, 32)
             raw = E.encode_puzzles(vae, sample, cfg.frames, cfg.height, cfg.width, cfg.micro_batch,
                                    device)                                 # stats still 0 / 1
             mean = raw.mean(dim=(0, 2, 3, 4))
             std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
-            test = make_puzzles(cfg, "test", 0, 64)                         # a round trip verifies?
-            z = E.encode_puzzles(vae, test, cfg.frames, cfg.height, cfg.width, cfg.micro_batch,
-                                 device)
-            round_trip = M.decode_videos(vae, z, cfg.frames)
-            ok = sum(reward.score(p, v).success for p, v in zip(test, round_trip))
         vae.set_latent_stats(mean.tolist(), std.tolist())
         path.parent.mkdir(parents=True, exist_ok=True)
         M.save_vae(vae, path, metadata={"key": key})
         print0(f"stage 0: VAE warm-up {cfg.vae_steps} steps in {time.time() - t0:.0f}s, final "
-               f"loss {final_loss:.5f}; {ok} of {len(test)} ground-truth test videos still verify "
-               f"after an encode-decode round trip; cached at {path}")
+               f"loss {final_loss:.5f}; cached at {path}")
     if dist.is_initialized():
         dist.barrier()
     M.load_vae(vae, path)
     vae.eval().requires_grad_(False).to(device)
     return path
+
+
+def prepare_vae(cfg, vae, device):
+    """Stage 0 of a run without pretrained weights: the shipped tiny VAE, or the warm-up.
+
+    Then the round-trip check: how many ground-truth test videos of each domain still verify
+    after an encode-decode round trip (the VAE caps what any DiT can reach), printed and written
+    to out_dir/vae_check.json.
+    """
+    if cfg.vae_weights:
+        M.load_vae(vae, ROOT / cfg.vae_weights)
+        vae.eval().requires_grad_(False).to(device)
+        print0(f"stage 0: the trained tiny VAE {cfg.vae_weights} (made by "
+               "tests/scripts/make_tiny_vae.py)")
+    elif cfg.vae_steps:
+        path = warmup_vae(cfg, vae, device)
+        print0(f"stage 0: the warmed-up tiny VAE {path}")
+    else:
+        print0("warning: the VAE is randomly initialised (vae_steps=0, no vae_weights, no "
+               "ckpt_dir): videos will be noise")
+        return
+    if cfg.vae_check and is_master():
+        passed = vae_round_trip(cfg, vae, device, cfg.vae_check)
+        cells = [f"{d} {ok}/{cfg.vae_check}" for d, ok in passed.items()]
+        print0("stage 0: ground-truth test videos that still verify after a VAE round trip: "
+               + ", ".join(cells))
+        payload = json.dumps(dict(n=cfg.vae_check, passed=passed))
+        M.atomic_write(Path(cfg.out_dir) / "vae_check.json", lambda tmp: tmp.write_text(payload))
+
+
+def vae_round_trip(cfg, vae, device, n):
+    """{domain: how many of its first n test puzzles' GT videos verify after encode + decode}."""
+    passed = {}
+    with torch.no_grad():
+        for domain in domains(cfg):
+            test = puzzles.make_batch([domain], cfg.level, "test", 0, n)
+            z = E.encode_puzzles(vae, test, cfg.frames, cfg.height, cfg.width, cfg.micro_batch,
+                                 device)                                    # (n, C, F', h, w)
+            videos = M.decode_videos(vae, z, cfg.frames)
+            passed[domain] = sum(reward.score(p, v).success for p, v in zip(test, videos))
+    return passed
 
 
 # -----------------------------------------------------------------------------
@@ -511,6 +602,20 @@ def sft_slice(noised, lo, n):
     rows = slice(lo, lo + n)
     return sde.SFTBatch(noised.x_t[rows], noised.target[rows], noised.t[rows], noised.mask,
                         noised.sigma[rows], noised.weight[rows])
+
+
+def sft_puzzles(run, start, n):
+    """SFT's puzzles start .. start+n-1: fresh train-split puzzles, or with sft_pool a fixed set.
+
+    The fixed set is train puzzles 0 .. sft_pool - 1, cycled (index mod sft_pool), generated once
+    into run.sft_set; with latent_cache >= sft_pool each video is also VAE-encoded once.
+    """
+    cfg = run.cfg
+    if not cfg.sft_pool:
+        return make_puzzles(cfg, "train", start, n)
+    if not run.sft_set:
+        run.sft_set.extend(make_puzzles(cfg, "train", 0, cfg.sft_pool))
+    return [run.sft_set[(start + i) % cfg.sft_pool] for i in range(n)]
 
 
 def sft_step(run, step, opt):
@@ -526,7 +631,7 @@ def sft_step(run, step, opt):
     """
     cfg, dit = run.cfg, run.dit
     per_rank = cfg.sft_batch // run.world
-    batch = make_puzzles(cfg, "train", step * cfg.sft_batch + run.rank * per_rank, per_rank)
+    batch = sft_puzzles(run, step * cfg.sft_batch + run.rank * per_rank, per_rank)
     x0 = encode_videos(run, batch)                                          # (b, C, F', h, w)
     context = run.text.encode([p.prompt for p in batch])
     # One noise draw for the global batch, identical on every rank (generator key 0: the global
@@ -619,7 +724,8 @@ def rl_rollout(run, step):
         num_steps=cfg.num_steps, shift=cfg.shift, sde_start=cfg.sde_start, sde_steps=cfg.sde_steps,
         noise_level=cfg.noise_level, sde_type=cfg.sde_type)
     t0 = time.time()
-    scores = [reward.score(batch[k], v) for k, v in zip(of_puzzle, gen.videos)]
+    scores = [reward.score(batch[k], v, weights=cfg.reward_weights)
+              for k, v in zip(of_puzzle, gen.videos)]
     timing["reward"] = time.time() - t0
     return Rollout(batch, mine, concat_trajectories(gen.trajectories), gen.videos, scores, timing)
 
@@ -1002,11 +1108,7 @@ def start_run(cfg):
     sources = [c for c in (start, resume_from) if c is not None]
     has_vae = any((c / "vae.safetensors").exists() for c in sources)
     if not cfg.ckpt_dir and not has_vae:
-        if cfg.vae_steps:
-            warmup_vae(cfg, vae, device)
-        else:
-            print0("warning: the VAE is randomly initialised (vae_steps=0 and no ckpt_dir): "
-                   "videos will be noise")
+        prepare_vae(cfg, vae, device)
     if start:                                     # --ckpt from a LoRA run: merged into the base
         load_weights(start, dit, vae, text)
     ref = dit

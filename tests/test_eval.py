@@ -108,3 +108,24 @@ def test_paired_difference():
     assert math.isclose(d["success_se"], np.std([0, 1, 0, 0, 0], ddof=1) / math.sqrt(5))
     # the paired error bar is smaller than the separate ones when most puzzles agree
     assert d["success_se"] < min(a["overall"]["success_se"], b["overall"]["success_se"])
+
+
+def test_paired_difference_per_domain_matches_puzzles_not_positions(tmp_path):
+    maze_a = rows("maze", [1, 0, 0], [1.0, 0.2, 0.1], [1.0] * 3)
+    soko_a = rows("sokoban", [0, 0], [0.1, 0.2], [None] * 2)
+    for i, r in enumerate(maze_a + soko_a):
+        r["index"] = i
+    a = E.summarize_rows(maze_a + soko_a)
+    # a sokoban-only evaluation: the same puzzles at other positions, one of them now solved
+    soko_b = rows("sokoban", [0, 1], [0.1, 1.0], [None] * 2)
+    b = E.summarize_rows(soko_b)
+    d = E.paired_difference(a, b, "sokoban")
+    assert d["n"] == 2 and math.isclose(d["success"], 0.5) and math.isclose(d["reward"], 0.4)
+    assert E.paired_difference(a, b, "maze")["n"] == 0
+    assert E.paired_difference(a, a, "maze")["success"] == 0.0
+    # the report lists the paired difference of every domain under the overall one
+    both = E.summarize_rows(rows("maze", [1, 1, 0], [1.0, 1.0, 0.1], [1.0] * 3) + soko_b)
+    table = E.report({"SFT": a, "SFT + RL": both}, tmp_path)
+    assert "- all (5 puzzles): success +40.0" in table
+    assert "- maze (3 puzzles): success +33.3" in table
+    assert "- sokoban (2 puzzles): success +50.0" in table

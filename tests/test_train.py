@@ -24,13 +24,15 @@ import sde
 import train as T
 
 ROOT = Path(__file__).resolve().parents[1]
-# a short but complete tiny run: stage 0 (cached), 2 SFT steps, 2 RL iterations, evaluation of 4
-# puzzles
-SMALL = ["--config", "tiny", "--frames=9", "--vae_steps=30", "--vae_batch=4", "--sft_steps=2",
+# a short but complete tiny run: stage 0 (the shipped VAE, its round trip on 2 test videos per
+# domain), 2 SFT steps, 2 RL iterations, evaluation of 4 puzzles; all three domains (the preset's)
+SMALL = ["--config", "tiny", "--frames=9", "--vae_check=2", "--sft_steps=2",
          "--sft_batch=4", "--rl_steps=2", "--puzzles_per_step=2", "--group_size=4",
          "--groups_per_update=2", "--num_steps=4", "--sde_steps=2", "--eval_n=4", "--eval_steps=4",
-         "--micro_batch=4", "--save_every=100", "--gif_every=1",
-         f"--cache_dir={ROOT / 'tests' / '.cache'}"]
+         "--micro_batch=4", "--save_every=100", "--gif_every=1"]
+# stage 0 as the VAE warm-up instead (30 steps, cached under tests/.cache)
+WARMUP = ["--vae_weights=", "--vae_steps=30", "--vae_batch=4",
+          f"--cache_dir={ROOT / 'tests' / '.cache'}"]
 
 
 def run(args, tmp, *, torchrun=False, check=True):
@@ -81,6 +83,31 @@ def test_presets_overrides_and_errors():
         T.check_config(T.get_config(["--num_steps=4", "--sde_steps=5"]), 1)
     with pytest.raises(ValueError, match="MIN_FRAMES = 9"):
         T.check_config(T.get_config(["--frames=5"]), 1)          # the verifier's minimum
+    # the last denoising step stays deterministic: full-step GRPO is K = N - 1
+    T.check_config(T.get_config(["--num_steps=4", "--sde_steps=3"]), 1)
+    with pytest.raises(ValueError, match="last of the 4 steps stays a deterministic ODE step"):
+        T.check_config(T.get_config(["--num_steps=4", "--sde_steps=4"]), 1)
+    with pytest.raises(ValueError, match="SDE window \\[1, 4\\)"):
+        T.check_config(T.get_config(["--num_steps=4", "--sde_start=1", "--sde_steps=3"]), 1)
+    with pytest.raises(ValueError, match="--reward_weights=papr: choose from paper, code"):
+        T.check_config(T.get_config(["--reward_weights=papr"]), 1)
+    with pytest.raises(ValueError, match="--vae_weights=nowhere.safetensors: no such file"):
+        T.check_config(T.get_config(["--vae_weights=nowhere.safetensors"]), 1)
+    T.check_config(T.get_config(["--vae_weights="]), 1)        # no file: the warm-up instead
+
+
+def test_sft_pool_cycles_a_fixed_set_of_train_puzzles():
+    cfg = T.get_config(["--config", "tiny", "--sft_pool=5"])
+    run = T.Run(cfg, None, None, None, None, torch.device("cpu"))
+    got = T.sft_puzzles(run, 3, 4)                                 # indices 3, 4, 0, 1
+    fresh = T.make_puzzles(cfg, "train", 0, 5)
+    assert [(p.domain, p.seed) for p in got] == [(fresh[i].domain, fresh[i].seed)
+                                                 for i in (3, 4, 0, 1)]
+    assert len(run.sft_set) == 5 and got[2] is run.sft_set[0]     # generated once, reused
+    cfg.sft_pool = 0                                               # fresh puzzles every step
+    run = T.Run(cfg, None, None, None, None, torch.device("cpu"))
+    assert [p.seed for p in T.sft_puzzles(run, 7, 3)] == \
+        [p.seed for p in T.make_puzzles(cfg, "train", 7, 3)]
 
 
 # -----------------------------------------------------------------------------
@@ -262,6 +289,12 @@ def test_tiny_run_end_to_end_writes_everything(full_run):
     assert "SFT + RL (VideoRLVR)" in table and "maze SR" in table and table in log
     assert list((out / "gifs").glob("rl_*.gif")) and list((out / "gifs" / "eval_rl").glob("*.gif"))
     assert "derived: latent (C, F, H, W)" in log
+    # stage 0: the shipped VAE, and its round trip on every domain printed and saved
+    assert "stage 0: the trained tiny VAE assets/tiny_vae.safetensors" in log
+    check = json.loads((out / "vae_check.json").read_text())
+    assert check["n"] == 2 and set(check["passed"]) == {"maze", "flowfree", "sokoban"}
+    assert "still verify after a VAE round trip: maze" in log
+    assert all(f"{d} SR" in table for d in ("maze", "flowfree", "sokoban"))
 
 
 def test_resume_is_exact(full_run, tmp_path):
@@ -281,9 +314,10 @@ def test_resume_is_exact(full_run, tmp_path):
 
 def test_nonfinite_loss_skips_then_stops(tmp_path):
     args = ["--rl_steps=0", "--eval_n=0", "--sft_steps=6", "--sft_lr=1e30"]
-    p = run([*SMALL, *args, f"--out_dir={tmp_path / 'out'}"],
+    p = run([*SMALL, *WARMUP, *args, f"--out_dir={tmp_path / 'out'}"],
             tmp_path, check=False)
     assert p.returncode != 0
+    assert "stage 0: the warmed-up tiny VAE" in p.stdout
     assert "non-finite loss or gradient, update skipped" in p.stdout + p.stderr
     assert "NaN/inf for 3 consecutive steps" in p.stderr
 

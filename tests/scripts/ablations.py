@@ -1,18 +1,23 @@
-"""The two ablations of VideoRLVR on the tiny config, as train.py runs from SFT checkpoints.
+"""VideoRLVR's claims and ablations on the demo preset, as train.py runs from its SFT checkpoint.
 
-1. Early-Step Focus vs full-step: RL from the main run's SFT checkpoint with SDE + backprop on the
-   first K = N/2 steps vs on all N steps, same seeds, same number of iterations; prints the time per
-   RL iteration (ratio; paper: about 40% less) and the held-out results of both. The K = N/2 arm is
-   the main run's own RL stage when its settings match (RL seeds depend on the RL step only).
-2. Dense vs sparse reward: where SFT succeeds rarely (a shorter SFT run, trained here), RL with the
-   dense decomposed reward vs the success-only reward; prints the zero-std group ratio (with sparse
-   rewards most groups are all-0 and teach nothing) and the held-out results of both.
-Each RL run is `python train.py --config tiny --ckpt=<SFT checkpoint> --sft_steps=0 ...`; all numbers
-come from the runs' metrics.jsonl and eval_rl.json (held-out test puzzles, scored from pixels).
-Run after `python train.py --config tiny` (its SFT checkpoint and cached VAE are reused):
-  python tests/scripts/ablations.py [--run runs/tiny] [--rl_steps N] [--out runs/ablations]
+Run after `python train.py --config demo` (its SFT checkpoint, eval_sft.json and eval_rl.json are
+reused; every number comes from held-out test puzzles scored from pixels):
+  python tests/scripts/ablations.py [--run runs/demo] [--out runs/ablations] \
+      [--only seeds,esf,reward,weights] [--domain sokoban] [--weights_domain flowfree]
+
+seeds    RL > SFT is robust, not lucky: the RL stage again with --seed=1 and 2 from the same SFT
+         checkpoint (seed 0 is the main run); per domain, the paired gain of each seed and their
+         mean and spread. All runs share the evaluation noise (eval_seed), so the gains are paired.
+esf      Early-Step Focus (K = N/2, the main run) vs full-step GRPO (K = N - 1: Flow-GRPO trains
+         int(0.99 N) of its N steps and keeps the last one deterministic): seconds per iteration
+         (rollout, decode, reward, update), held-out success at equal iterations, and ESF run for
+         as many iterations as fit in the full-step arm's wall-clock.
+reward   Dense vs sparse (success-only) reward on one domain (--domain) from the SFT checkpoint:
+         the zero-std group ratio (an all-equal group teaches nothing) and held-out success.
+weights  The paper's reward weights vs the official code's (--reward_weights=code;
+         luka-group/VideoRLVR issue #2) on one domain (--weights_domain), from the SFT checkpoint.
+Each arm's runs are skipped when their eval_rl.json exists (rerun by deleting the folder).
 """
-
 import argparse
 import json
 import subprocess
@@ -26,101 +31,122 @@ sys.path.insert(0, str(ROOT))
 import eval as E  # noqa: E402
 
 
-def train(args, *extra):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", "tiny", *extra]
+def train(cfg, out, *extra):
+    """One RL run from the main run's SFT checkpoint (skipped if it has finished before)."""
+    if (out / "eval_rl.json").exists():
+        return
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", cfg["config"],
+           f"--ckpt={cfg['sft_ckpt']}", "--sft_steps=0", f"--out_dir={out}", "--gif_every=0",
+           *extra]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def rl_summary(out):
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    """(median seconds per RL iteration and its parts, mean zero-std ratio), eval_rl.json."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r["stage"] == "rl"]
-    res = json.loads((Path(out) / "eval_rl.json").read_text())
-    return (
-        dict(
-            seconds=float(np.median([r["seconds"] for r in rl])),
-            zero_std=float(np.mean([r["zero_std_ratio"] for r in rl])),
-            **{
-                k: float(np.median([r[f"time_{k}"] for r in rl]))
-                for k in ("rollout", "decode", "reward", "update")
-            },
-        ),
-        res,
-    )
+    times = {k: float(np.median([r[f"time_{k}"] for r in rl]))
+             for k in ("rollout", "decode", "reward", "update")}
+    times["seconds"] = float(np.median([r["seconds"] for r in rl]))
+    times["total"] = float(np.sum([r["seconds"] for r in rl]))
+    times["zero_std"] = float(np.mean([r["zero_std_ratio"] for r in rl]))
+    return times, json.loads((out / "eval_rl.json").read_text())
+
+
+def gain(sft, res, domain):
+    """'+x.x ± y.y' paired success gain in points of res over sft on one domain (or all)."""
+    d = E.paired_difference(sft, res, domain)
+    return d, f"{100 * d['success']:+.1f} ± {100 * d['success_se']:.1f}"
+
+
+def seeds(cfg, sft, main_rl, out, domains):
+    """The RL stage with seeds 0 (the main run), 1, 2: per-domain gains, mean and spread."""
+    results = {0: main_rl}
+    for seed in (1, 2):
+        train(cfg, out / f"seed{seed}", f"--seed={seed}")
+        results[seed] = rl_summary(out / f"seed{seed}")[1]
+    print("\nRL - SFT success gain (points, paired) per RL seed, same SFT checkpoint:")
+    for domain in domains + [None]:
+        cells, values = [], []
+        for seed, res in results.items():
+            d, text = gain(sft, res, domain)
+            cells.append(f"seed {seed} {text}")
+            values.append(100 * d["success"])
+        print(f"  {domain or 'all':8s} " + " | ".join(cells) + f" | mean {np.mean(values):+.1f}, "
+              f"spread (std over seeds) {np.std(values, ddof=1):.1f}")
+    table = {"SFT": sft} | {f"SFT + RL, seed {s}": r for s, r in results.items()}
+    (out / "seeds").mkdir(parents=True, exist_ok=True)
+    E.report(table, out / "seeds")
+
+
+def esf(cfg, sft, run, out):
+    """Early-Step Focus (the main run) vs full-step K = N - 1, at equal iterations and time."""
+    n, k, iters = cfg["num_steps"], cfg["sde_steps"], cfg["rl_steps"]
+    full = out / "esf_full"
+    train(cfg, full, f"--sde_steps={n - 1}")
+    arms = {f"K={k} (ESF)": rl_summary(run), f"K={n - 1} (full)": rl_summary(full)}
+    t_esf, t_full = arms[f"K={k} (ESF)"][0], arms[f"K={n - 1} (full)"][0]
+    same_time = max(iters, round(iters * t_full["total"] / t_esf["total"]))
+    timed = out / f"esf_{same_time}it"
+    train(cfg, timed, f"--rl_steps={same_time}")
+    arms[f"K={k} (ESF), {same_time} it = full's time"] = rl_summary(timed)
+    print(f"\nEarly-Step Focus vs full-step GRPO from {cfg['sft_ckpt']}:")
+    for name, (t, res) in arms.items():
+        print(f"  {name}: {t['seconds']:.1f}s per iteration = rollout {t['rollout']:.1f} + decode "
+              f"{t['decode']:.1f} + reward {t['reward']:.1f} + update {t['update']:.1f}; RL stage "
+              f"{t['total']:.0f}s; held-out SR {100 * res['overall']['success']:.1f}% "
+              f"(vs SFT {gain(sft, res, None)[1]} points)")
+    print(f"  time per iteration ESF / full = {t_esf['seconds'] / t_full['seconds']:.2f} "
+          f"({1 - t_esf['seconds'] / t_full['seconds']:.0%} less)")
+    (out / "esf").mkdir(parents=True, exist_ok=True)
+    E.report({"SFT": sft} | {name: res for name, (t, res) in arms.items()}, out / "esf")
+
+
+def one_domain(cfg, sft, out, domain, name, arms):
+    """RL runs on one domain from the SFT checkpoint: {label: extra flags} -> printed, reported."""
+    n = cfg["eval_n"] // len(cfg["domains"].split(","))
+    base = [f"--domains={domain}", f"--eval_n={n}"]
+    table = {"SFT": sft}
+    d = E.paired_difference(sft, sft, domain)
+    print(f"\n{name} on {domain} from {cfg['sft_ckpt']} (SFT SR on {d['n']} {domain} puzzles: "
+          f"{100 * sft[domain]['success']:.1f}%):")
+    for label, extra in arms.items():
+        o = out / f"{name}_{domain}_{label}"
+        train(cfg, o, *base, *extra)
+        t, res = rl_summary(o)
+        table[f"SFT + RL, {label}"] = res
+        print(f"  {label:6s}: zero-std group ratio {t['zero_std']:.2f}; held-out SR "
+              f"{100 * res[domain]['success']:.1f}% (vs SFT {gain(sft, res, domain)[1]} points), "
+              f"reward {res[domain]['reward']:.3f}")
+    (out / f"{name}_{domain}").mkdir(parents=True, exist_ok=True)
+    E.report(table, out / f"{name}_{domain}")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--run", default="runs/tiny", help="the main tiny run (its SFT checkpoint is the start)"
-    )
-    ap.add_argument(
-        "--rl_steps", type=int, default=0, help="RL iterations per run (0: as many as the main run)"
-    )
-    ap.add_argument(
-        "--weak_sft_steps", type=int, default=500, help="SFT steps of the rarely-succeeding start"
-    )
+    ap.add_argument("--run", default="runs/demo", help="the main demo run")
     ap.add_argument("--out", default="runs/ablations")
+    ap.add_argument("--only", default="seeds,esf,reward,weights")
+    ap.add_argument("--domain", default="sokoban", help="the dense vs sparse arm's domain")
+    ap.add_argument("--weights_domain", default="flowfree", help="the reward weights' domain")
     args = ap.parse_args()
     run, out = ROOT / args.run, ROOT / args.out
     cfg = json.loads((run / (run / "latest").read_text().strip() / "config.json").read_text())
-    sft = run / f"ckpt_{cfg['sft_steps']:06d}"
-    args.rl_steps = args.rl_steps or cfg["rl_steps"]
-    common = ["--sft_steps=0", f"--rl_steps={args.rl_steps}", f"--seed={cfg['seed']}"]
-    table, lines = {
-        f"SFT ({cfg['sft_steps']} steps)": json.loads((run / "eval_sft.json").read_text())
-    }, []
-
-    # 1. Early-Step Focus (K = N/2) vs full-step (K = N), same seeds and budget
-    for name, k in (("ESF", cfg["num_steps"] // 2), ("full", cfg["num_steps"])):
-        o = out / f"esf_{name}"
-        if (k, args.rl_steps, cfg["sde_start"]) == (cfg["sde_steps"], cfg["rl_steps"], 0) and (
-            run / "eval_rl.json"
-        ).exists():
-            o = run  # the main run's RL stage is this arm: same checkpoint, seeds and settings
-            print(f"K={k}: the RL stage of {run} (same SFT checkpoint, seeds and settings)")
-        elif not (o / "eval_rl.json").exists():
-            train(args, f"--ckpt={sft}", *common, f"--sde_steps={k}", f"--out_dir={o}")
-        t, res = rl_summary(o)
-        table[f"SFT + RL, K={k} ({name})"] = res
-        lines.append((name, k, t))
-    (_, _, a), (_, _, b) = lines
-    print(f"\nEarly-Step Focus vs full-step, {args.rl_steps} RL iterations each from {sft}:")
-    for name, k, t in lines:
-        print(
-            f"  K={k:2d} ({name}): {t['seconds']:.2f}s per iteration = rollout {t['rollout']:.2f} + decode "
-            f"{t['decode']:.2f} + reward {t['reward']:.2f} + update {t['update']:.2f}"
-        )
-    print(
-        f"  time per iteration ESF / full = {a['seconds'] / b['seconds']:.2f} "
-        f"({1 - a['seconds'] / b['seconds']:.0%} less)"
-    )
-    (out / "esf").mkdir(parents=True, exist_ok=True)
-    E.report(table, out / "esf")
-
-    # 2. dense vs sparse reward from a rarely-succeeding SFT checkpoint
-    weak = out / "sft_weak"
-    if not (weak / "latest").exists():
-        train(
-            args,
-            f"--sft_steps={args.weak_sft_steps}",
-            "--rl_steps=0",
-            f"--out_dir={weak}",
-            f"--seed={cfg['seed']}",
-        )
-    table = {f"SFT {args.weak_sft_steps} steps": json.loads((weak / "eval_sft.json").read_text())}
-    for reward in ("dense", "sparse"):
-        o = out / f"reward_{reward}"
-        if not (o / "eval_rl.json").exists():
-            train(args, f"--ckpt={weak}", *common, f"--reward={reward}", f"--out_dir={o}")
-        t, res = rl_summary(o)
-        table[f"SFT {args.weak_sft_steps} + RL, {reward} reward"] = res
-        print(
-            f"  {reward:6s} reward: zero-std group ratio {t['zero_std']:.2f}, held-out SR "
-            f"{res['overall']['success']:.3f} ± {res['overall']['success_se']:.3f}"
-        )
-    (out / "reward").mkdir(parents=True, exist_ok=True)
-    E.report(table, out / "reward")
+    cfg["sft_ckpt"] = str(run / f"ckpt_{cfg['sft_steps']:06d}")
+    sft = json.loads((run / "eval_sft.json").read_text())
+    main_rl = json.loads((run / "eval_rl.json").read_text())
+    only = args.only.split(",")
+    if "seeds" in only:
+        seeds(cfg, sft, main_rl, out, cfg["domains"].split(","))
+    if "esf" in only:
+        esf(cfg, sft, run, out)
+    if "reward" in only:
+        one_domain(cfg, sft, out, args.domain, "reward",
+                   {"dense": ["--reward=dense"], "sparse": ["--reward=sparse"]})
+    if "weights" in only:
+        one_domain(cfg, sft, out, args.weights_domain, "weights",
+                   {"paper": ["--reward_weights=paper"], "code": ["--reward_weights=code"]})
 
 
 if __name__ == "__main__":
