@@ -42,7 +42,9 @@ What a video must show (our rules; they are the verifier's contract with the pol
     player smeared over cells still counts as seen, for walking only; an absent or faint one not.
 The earliest violation ends the trajectory: the dense reward is computed from what was seen before.
 
-Run the tests: python -m pytest -q tests/test_reward*.py; speed: python tests/bench_reward.py
+Run the tests: python -m pytest -q tests/test_reward*.py
+speed: python tests/scripts/bench_reward.py
+verdicts unchanged by a refactor: python tests/scripts/verdicts.py --save / --check FILE
 """
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,8 +57,12 @@ import puzzles as pz
 MIN_FRAMES = 9         # frame 0, >= 4 frames of motion and the held end (the README's minimum)
 PATCH = 0.3            # side of the central patch read per cell, as a fraction of the cell: inside
                        # the thinnest drawn feature (trail 0.45 cell) so clean cells are pure
+PATCH_PIXELS = 48      # ... read from >= this many of its pixels (all of a smaller patch): pixel
+                       # noise of sigma 10 averages to 1.4
 SAMPLES = 4            # sprite reading: SAMPLES x SAMPLES blocks tiling each cell (cells are
                        # multiples of 8 px, so blocks are whole pixels)
+BLOCK_PIXELS = 16      # ... each block's mean read from >= this many of its pixels (all of a
+                       # smaller block): pixel noise of sigma 10 averages to 2.5
 RATIO = 0.5            # label = nearest prototype only if 2x closer than the runner-up: a patch
                        # mixing two classes keeps the majority label while < 1/3 is foreign
 MAX_DIST = 75.0        # ... and within this RGB distance of it, else "unknown" (a trail patch
@@ -208,20 +214,31 @@ def _sum_dtype(video, n_pixels):
 def _cell_means(video, g):
     """Mean RGB (0..255) of each cell's central patch in every frame: (F, R, C, 3) float32.
 
-    The p patch rows of all cells are summed as p strided row views (_row_sums), then the patch
-    columns as p strided column views; uint8 sums are exact integers.
+    A p x p patch is read from n = ceil(PATCH_PIXELS / p) evenly spaced rows (all p if fewer) and
+    all its columns: a regular subsample of >= PATCH_PIXELS pixels (e.g. 32-px cells: 10-px
+    patches, every 2nd row, 50 of 100 pixels; 16-px cells: all 16). The patches of all cells are
+    summed over those rows as strided views of the patch columns only (each (F, R, C, p, 3), read
+    in place), then over their p columns; uint8 sums are exact integers.
     """
     n_frames = video.shape[0]
     rows, cols, c = g.rows, g.cols, g.cell
     lo = int(round(c * (1 - PATCH) / 2))
     p = c - 2 * lo
-    acc = _sum_dtype(video, p * p)
-    a = _row_sums(video, range(g.y0 + lo, g.y0 + lo + p), c, rows, g.x0, cols * c, acc)
-    a = a.reshape(n_frames, rows, cols, c, 3)                                # (F, R, C, c, 3)
-    sums = a[:, :, :, lo].copy()                                             # (F, R, C, 3)
-    for j in range(lo + 1, lo + p):
+    n = min(p, -(-PATCH_PIXELS // p))                                        # patch rows read
+    picks = lo + ((np.arange(n) + 0.5) * p / n).astype(int)                  # (n,)
+    acc = _sum_dtype(video, n * p)
+    a = None
+    for s in g.y0 + picks:
+        view = video[:, s:s + rows * c:c, g.x0:g.x0 + cols * c]             # (F, R, C*c, 3)
+        view = view.reshape(n_frames, rows, cols, c, 3)[:, :, :, lo:lo + p]  # (F, R, C, p, 3)
+        if a is None:
+            a = view.astype(acc)
+        else:
+            a += view
+    sums = a[:, :, :, 0].copy()                                              # (F, R, C, 3)
+    for j in range(1, p):
         sums += a[:, :, :, j]
-    means = sums.astype(np.float32) / (p * p)
+    means = sums.astype(np.float32) / (n * p)
     if video.dtype != np.uint8:
         means = (means + 1) * 127.5
     return means
@@ -230,21 +247,22 @@ def _cell_means(video, g):
 def _samples(video, g):
     """Mean colour (0..255) of SAMPLES x SAMPLES blocks tiling each cell: (F, R*S, C*S, 3) float32.
 
-    Block means (over up to 4 evenly spaced pixel rows of the block and all its columns) average
-    the pixel noise away; since the unmixing in _sprite_area is linear, the weight of a block mean
-    is the mean weight of its pixels. Rows are summed as strided row views (_row_sums), the block's
-    columns by one einsum over the (blocks, columns, 3) view; uint8 sums are exact integers.
+    A block of side b px is read from k = ceil(BLOCK_PIXELS / b) evenly spaced pixel rows (all b
+    rows if fewer) and all its columns: a regular subsample of >= BLOCK_PIXELS pixels, so the
+    pixel noise averages away (e.g. 32-px cells: 8-px blocks, rows 2 and 6 of each, 16 of 64
+    pixels). Since the unmixing in _sprite_area is linear, the weight of a block mean is the mean
+    weight of its pixels. Rows are summed as strided row views (_row_sums), the block's columns by
+    one einsum over the (blocks, columns, 3) view; uint8 sums are exact integers.
     """
     n_frames, side = video.shape[0], g.cell // SAMPLES
     rows, cols = g.rows * SAMPLES, g.cols * SAMPLES
-    k = min(side, 4)                                                         # pixel rows per block
+    k = min(side, -(-BLOCK_PIXELS // side))                                  # pixel rows per block
     picks = ((np.arange(k) + 0.5) * side / k).astype(int)                    # (k,)
     acc = _sum_dtype(video, k * side)
     a = _row_sums(video, g.y0 + picks, side, rows, g.x0, cols * side, acc)   # (F, R*S, C*S*b, 3)
     a = a.reshape(-1, side, 3)                                               # (F*R*S*C*S, b, 3)
-    out = np.einsum("nbc->nc", a).astype(np.float32)                         # (F*R*S*C*S, 3)
+    out = np.divide(np.einsum("nbc->nc", a), side * k, dtype=np.float32)    # (F*R*S*C*S, 3)
     out = out.reshape(n_frames, rows, cols, 3)                               # (F, R*S, C*S, 3)
-    out /= side * k
     return (out + 1) * 127.5 if video.dtype != np.uint8 else out
 
 
@@ -301,7 +319,8 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     blocks = samples.reshape(n_frames, rows, SAMPLES, cols, SAMPLES, 3)
     mid = slice(SAMPLES // 2 - 1, SAMPLES // 2 + 1)
     sr, sc = np.nonzero(special)                                             # (n,) each
-    centres = np.stack([blocks[:, r, mid, c, mid] for r, c in zip(sr, sc)], 1)  # (F, n, 2, 2, 3)
+    centres = blocks[:, sr, :, sc][:, :, mid, mid]                           # (n, F, 2, 2, 3)
+    centres = np.moveaxis(centres, 0, 1)                                     # (F, n, 2, 2, 3)
     out = []
     for s, (r, c) in zip(sprites, ref):
         area = np.maximum(_block_mean(_weights(samples, protos, tetras[0], s)), 0)  # (F, R, C)
@@ -335,11 +354,10 @@ def _classify(d, ratio):
     d (F, R, C, K): distances to the prototypes (_distances).
     """
     best = d.argmin(-1)                                                      # (F, R, C)
-    first = np.take_along_axis(d, best[..., None], -1)                       # (F, R, C, 1)
-    others = d.copy()
-    np.put_along_axis(others, best[..., None], np.inf, -1)
-    second = others.min(-1)                                                  # runner-up
-    first = first[..., 0]
+    first = np.take_along_axis(d, best[..., None], -1)[..., 0]               # nearest
+    second = np.full(best.shape, np.inf, np.float32)                         # runner-up
+    for k in range(d.shape[-1]):
+        np.minimum(second, np.where(best == k, np.inf, d[..., k]), out=second)
     ok = (first <= ratio * second) & (first <= MAX_DIST)                     # NaN compares False
     return np.where(ok, best, UNKNOWN)
 
@@ -360,13 +378,14 @@ def _calibrate(m0, expect, palette):
             observed[i], present[i] = np.median(cells, axis=0), True
     protos = observed.copy()
     if not present.all():
-        x, y = palette[present], observed[present]
-        for ch in range(3):
-            if np.ptp(x[:, ch]) > 0:
-                gain, offset = np.polyfit(x[:, ch], y[:, ch], 1)
-            else:
-                gain, offset = 1.0, float(np.mean(y[:, ch] - x[:, ch]))
-            protos[~present, ch] = np.clip(gain * palette[~present, ch] + offset, 0, 255)
+        x = palette[present].astype(np.float64)                              # (n, 3)
+        y = observed[present].astype(np.float64)
+        dx, dy = x - x.mean(0), y - y.mean(0)
+        var = (dx * dx).sum(0)                                               # (3,) per channel
+        spread = np.ptp(x, axis=0) > 0
+        gain = np.where(spread, (dx * dy).sum(0) / np.where(spread, var, 1), 1.0)  # least squares
+        offset = y.mean(0) - gain * x.mean(0)
+        protos[~present] = np.clip(gain * palette[~present] + offset, 0, 255)
     return protos
 
 
@@ -384,15 +403,18 @@ def _refit(means, expect, protos0, static):
     y = means.reshape(len(means), -1, 3)[:, ref]                             # (F, N, 3)
     e = expect.ravel()[ref]                                                  # (N,)
     x = protos0[e]                                                           # (N, 3)
+    xs = np.broadcast_to(x, y.shape)                                         # (F, N, 3)
+    terms = np.concatenate([np.ones_like(y[..., :1]), xs, y, xs * xs, xs * y], -1)  # (F, N, 13)
     gain = np.ones((n_frames, 1, 3), np.float32)
     offset = np.zeros((n_frames, 1, 3), np.float32)
     for _ in range(2):
         protos = gain * protos0[None] + offset                               # (F, K, 3)
-        d = ((y[:, :, None] - protos[:, None]) ** 2).sum(-1)                 # (F, N, K)
-        w = (d.argmin(-1) == e[None]).astype(np.float32)[..., None]          # (F, N, 1)
-        n = w.sum(1, keepdims=True)                                          # (F, 1, 1)
-        sx, sy = (w * x).sum(1, keepdims=True), (w * y).sum(1, keepdims=True)
-        sxx, sxy = (w * x * x).sum(1, keepdims=True), (w * x * y).sum(1, keepdims=True)
+        d = (y[:, :, None, 0] - protos[:, None, :, 0]) ** 2                  # (F, N, K)
+        d += (y[:, :, None, 1] - protos[:, None, :, 1]) ** 2
+        d += (y[:, :, None, 2] - protos[:, None, :, 2]) ** 2
+        w = (d.argmin(-1) == e[None]).astype(np.float32)                     # (F, N) in the fit
+        sums = w[:, None] @ terms                                            # (F, 1, 13)
+        n, sx, sy, sxx, sxy = sums[..., :1], *np.split(sums[..., 1:], 4, -1)
         den = n * sxx - sx * sx
         spread = den > (n * n * 400)                     # grey levels >= ~20 apart in this channel
         g_new = np.where(spread, (n * sxy - sx * sy) / np.where(spread, den, 1), 1.0)
@@ -635,21 +657,22 @@ def _maze_sightings(p, labels, area):
     max_unknown = max(3, UNREAD_SHARE * free.sum())
     cells = [None] * n_frames
     blobs = [set() for _ in range(n_frames)]
-    readable = np.zeros(n_frames, dtype=bool)
+    one = np.zeros(n_frames, dtype=bool)                                     # one agent seen
     two = np.zeros(n_frames, dtype=bool)
+    near = np.zeros(labels.shape, dtype=bool)                                # (F, R, C) its blob
     for f in range(n_frames):
         main, mass, other, peak = _blobs(area[f])
         blobs[f] = main
         seen = SEEN_MASS[0] <= mass <= SEEN_MASS[1]
         two[f] = mass >= SEEN_MASS[0] and other >= SECOND_MASS
         if seen and not two[f]:
-            near = np.zeros(p.grid.shape, dtype=bool)
             for x in main:
-                near[x] = True
-            near |= _dilate(near)
+                near[f][x] = True
             cells[f] = sorted((x for x in main if free[x] and area[f][x] >= 0.5 * area[f][peak]),
                               key=lambda x: -area[f][x])
-            readable[f] = (unknown[f] & ~near).sum() <= max_unknown and bool(cells[f])
+            one[f] = bool(cells[f])
+    near |= _dilate(near)                                                    # ... and next to it
+    readable = one & ((unknown & ~near).sum((1, 2)) <= max_unknown)
     return cells, blobs, readable, two
 
 
