@@ -13,7 +13,7 @@ This file also holds the one video-generation loop (`generate_videos`) that trai
 uses too: render and encode the puzzle images, sample latents, decode them to pixels.
 
 Run:
-  python eval.py --ckpt=runs/tiny/ckpt_001224                      # ours (with its saved config)
+  python eval.py --ckpt=runs/demo/ckpt_002424                      # ours (with its saved config)
   python eval.py --config 5b --ckpt_dir=Wan2.2-TI2V-5B --eval_n=300  # the official weights
   torchrun --standalone --nproc_per_node=8 eval.py --ckpt=runs/5b/ckpt_004900
 Any TrainConfig field can be overridden with --key=value (train.get_config, used by main() only).

@@ -19,11 +19,12 @@ rollout, GRPO update, RL step); the run (`main` and the one stage loop that serv
 then, below a line, the plumbing (distributed, LoRA, checkpoints, `--dry_run`).
 
 Run:
-  python train.py --config tiny                       # CPU demo: VAE warm-up, SFT, RL, table
+  python train.py --config tiny                       # CPU smoke run: every stage, ~1 min
+  python train.py --config demo                       # CPU demo: 3 domains, SFT, RL, table
   python train.py --config 5b_lora --ckpt_dir=Wan2.2-TI2V-5B          # one 80 GB GPU, LoRA
   torchrun --standalone --nproc_per_node=8 train.py --config 5b --ckpt_dir=Wan2.2-TI2V-5B  # FSDP2
   python train.py --config 5b --dry_run --n_gpus=8     # parameters, memory, FLOPs, time; no weights
-  python train.py --config tiny --resume               # continue out_dir's latest checkpoint
+  python train.py --config demo --resume               # continue out_dir's latest checkpoint
 Any field of TrainConfig can be overridden with --key=value (or --key value; a bare --flag sets a
 bool); unknown keys are an error.
 """
@@ -186,7 +187,7 @@ DEMO = dict(
     eval_n=768, eval_steps=10, eval_shift=3.0, micro_batch=32, save_every=400, gif_every=10,
 )
 
-# The smoke run (2 cores, ~2 min from a fresh clone): every stage of the demo on all three domains,
+# The smoke run (2 cores, 38 s from a fresh clone): every stage of the demo on all three domains,
 # at a size that checks an install, not one that learns: the shipped VAE's round trip on 4 test
 # videos per domain, 40 SFT steps, 2 RL iterations of 3 puzzles x 4 rollouts, evaluation of 4 test
 # puzzles per domain after SFT and after RL, GIFs, metrics.jsonl, curves.png and the table.
@@ -240,7 +241,7 @@ CONFIGS["5b_1gpu"] = CONFIGS["5b"] | dict(
 
 
 PRESETS_HELP = {
-    "tiny": "CPU smoke run (~2 min on 2 cores): every stage on the 3 domains, a tiny size",
+    "tiny": "CPU smoke run (~1 min on 2 cores): every stage on the 3 domains, a tiny size",
     "demo": "CPU demonstration (<= 30 min on 2 cores): SFT then RL on the 3 domains, results table",
     "5b": "Wan2.2-TI2V-5B, all DiT weights under FSDP2 (torchrun on GPUs); needs --ckpt_dir",
     "5b_lora": "the 5b preset with LoRA r32 on q,k,v,o and KL beta 0.004 (FSDP, 8 GPUs)",
@@ -918,8 +919,9 @@ def save_rollout_gif(cfg, step, rollout):
 TRAIN_SUMMARY = """Train a video model to solve puzzles: stage 0 (tiny VAE warm-up), stage 1 SFT,
 stage 2 Early-Step-Focus GRPO, each followed by a held-out evaluation (eval_n puzzles). Writes
 out_dir: checkpoints ckpt_<step>/, metrics.jsonl, curves.png, eval_<stage>.json, results.md, GIFs.
-Examples: python train.py --config tiny; python train.py --config 5b --dry_run;
-python train.py --config tiny --resume (continue out_dir's latest intact checkpoint)."""
+Examples: python train.py --config tiny (smoke run); python train.py --config demo;
+python train.py --config 5b --dry_run; python train.py --config demo --resume (continue out_dir's
+latest intact checkpoint)."""
 
 
 def main(argv=None):

@@ -75,12 +75,6 @@ def main():
     sft = E.evaluate_config(base, dit, vae, text, device, split=VAL)
     print(f"SFT on {args.n_val} validation puzzles: SR {sft['overall']['success']:.3f}, "
           f"reward {sft['overall']['reward']:.3f}", flush=True)
-    if args.main_rl:
-        last = base.sft_steps + base.rl_steps
-        dit, vae, text = load_checkpoint(base, run_dir, last, device)
-        res = E.evaluate_config(base, dit, vae, text, device, split=VAL)
-        print_arm(f"the main run's RL stage (--config {args.config})", sft, res,
-                  f"{base.rl_steps} RL iterations (ckpt_{last:06d})")
     for setting in args.settings:
         overrides = [f"--{kv}" for kv in setting.split()]
         cfg = T.get_config(common + overrides)
@@ -92,6 +86,12 @@ def main():
             T.rl_step(state, it, opt)
         res = E.evaluate_config(cfg, dit, vae, text, device, split=VAL)
         print_arm(setting, sft, res, f"{args.iters} RL iterations in {time.time() - t0:.0f}s")
+    if args.main_rl:
+        last = base.sft_steps + base.rl_steps
+        dit, vae, text = load_checkpoint(base, run_dir, last, device)
+        res = E.evaluate_config(base, dit, vae, text, device, split=VAL)
+        print_arm(f"the main run's RL stage (--config {args.config})", sft, res,
+                  f"{base.rl_steps} RL iterations (ckpt_{last:06d})")
 
 
 if __name__ == "__main__":
