@@ -48,10 +48,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 # OpenMP threads that sleep while they wait for work, instead of spinning. With spinning (the
-# default), a run sharing 2 cores with one other busy torch process slowed 5.7x per VAE warm-up
-# step (1.46 -> 8.3 s); passive waiting slows it 1.7x (-> 2.4 s), in proportion to the cores lost,
-# and costs nothing measurable on idle cores (tests/scripts/bench_threads.py). It must be set
-# before torch loads its OpenMP runtime; an explicit OMP_WAIT_POLICY in the environment wins.
+# default), a tiny run sharing 2 cores with one other busy torch process slowed 2.9x per VAE
+# warm-up step and 3.6x per DiT step (up to 5.7x in another measurement); passive waiting slows
+# both 1.7x, in proportion to the cores lost, and alone costs nothing beyond run-to-run noise
+# (tests/scripts/bench_threads.py). It must be set before torch loads its OpenMP runtime; an
+# explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
