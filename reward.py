@@ -59,6 +59,10 @@ PATCH = 0.3            # side of the central patch read per cell, as a fraction 
                        # the thinnest drawn feature (trail 0.45 cell) so clean cells are pure
 PATCH_PIXELS = 48      # ... read from >= this many of its pixels (all of a smaller patch): pixel
                        # noise of sigma 10 averages to 1.4
+CALIB_PATCH = 0.47     # frame 0's class colours: every pixel of a central square this wide (as
+                       # many pixels of the cell's parity as fit), inside the smallest sprite (a
+                       # disc of radius 0.33 cell holds a square of 0.47): a class shown on one
+                       # cell (a box, the player) gets its colour from 2-3x the pixels of PATCH
 SAMPLES = 4            # sprite reading: SAMPLES x SAMPLES blocks tiling each cell (cells are
                        # multiples of 8 px, so blocks are whole pixels)
 BLOCK_PIXELS = 16      # ... each block's mean read from >= this many of its pixels (all of a
@@ -99,6 +103,7 @@ SEEN_MASS = (0.3, 1.8)     # a sprite is seen when its total area is within this
 IN_WALL = 0.4          # sprite area in a wall cell that shows the sprite passing through it (a
                        # sprite halfway into the wall shows 0.5; JPEG specks stay below)
 SECOND_MASS = 0.5      # area of a second blob that counts as a second agent / player
+HAZE_SIGMAS = 4.0      # a cell's sprite area below this many noise SDs of its frame is haze (0)
 SMEAR_MASS = 0.15      # Sokoban: total area (free cells above the blob floor) of a player seen
                        # smeared over cells, not on one (a VAE latent frame averages 4 frames of
                        # a fast walk: 0.23 seen); an erased or fainter player is not seen at all
@@ -311,8 +316,9 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     out instead of adding up. On the `special` cells (the maze goal, Sokoban targets) a fifth class
     shows in the middle: there only the central 2 x 2 blocks are read, with tetras[1] (that class
     instead of the wall), scaled by the whole-cell / central ratio of the sprite in frame 0.
-    Areas are divided by the sprite's frame-0 area on its cell ref[i]. protos (F, K, 3) per frame;
-    samples (F, R*S, C*S, 3) block means (_samples); special (R, C) bool.
+    Areas are divided by the sprite's frame-0 area on its cell ref[i], then cleared of the haze
+    that pixel noise leaves (_clear_haze). protos (F, K, 3) per frame; samples (F, R*S, C*S, 3)
+    block means (_samples); special (R, C) bool.
     """
     n_frames, height, width = samples.shape[:3]
     rows, cols = height // SAMPLES, width // SAMPLES
@@ -323,7 +329,13 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     centres = np.moveaxis(centres, 0, 1)                                     # (F, n, 2, 2, 3)
     out = []
     for s, (r, c) in zip(sprites, ref):
-        area = np.maximum(_block_mean(_weights(samples, protos, tetras[0], s)), 0)  # (F, R, C)
+        w = _weights(samples, protos, tetras[0], s)                          # (F, R*S, C*S)
+        mean = _block_mean(w)                                                # (F, R, C)
+        var = _block_mean(w * w) - mean * mean                               # (F, R, C)
+        block_sd = np.sqrt(np.maximum(np.median(var.reshape(n_frames, -1), axis=1), 0)
+                           * SAMPLES ** 2 / (SAMPLES ** 2 - 1))              # (F,)
+        area = np.maximum(mean, 0)
+        noise = np.broadcast_to(block_sd[:, None, None] / SAMPLES, area.shape).copy()  # (F, R, C)
         if len(sr):
             centre = _weights(centres, protos, tetras[1], s).mean(axis=(2, 3))  # (F, n)
             whole = area[0, r, c]
@@ -331,8 +343,35 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
                              s).mean()  # frame 0's blocks with frame 0's prototypes
             scale = whole / inner if inner > 0.05 else 1.0
             area[:, sr, sc] = np.maximum(centre, 0) * scale
-        out.append(area / max(float(area[0, r, c]), 0.02))
+            gain = _noise_gain(protos, tetras[1], s) / _noise_gain(protos, tetras[0], s)  # (F,)
+            noise[:, sr, sc] = (block_sd * gain * scale / 2)[:, None]        # a mean of 2 x 2
+        unit = max(float(area[0, r, c]), 0.02)
+        noise /= unit
+        out.append(_clear_haze(area / unit, noise))
     return np.stack(out)                                                     # (len, F, R, C)
+
+
+def _noise_gain(protos, tetra, s):
+    """Per frame, how much a unit of colour noise (the same SD in R, G and B) moves the weight of
+    class s unmixed over tetra: the norm of its barycentric row's colour part, (F,)."""
+    row = _barycentric(protos, tetra)[:, tetra.index(s), :3]                 # (F, 3)
+    return np.maximum(np.sqrt((row * row).sum(-1)), 1e-9)
+
+
+def _clear_haze(area, noise):
+    """Sprite area (F, R, C) with the haze of pixel noise set to 0: cells below HAZE_SIGMAS times
+    their noise SD `noise` (F, R, C).
+
+    Pixel noise unmixes into a small area on every cell, a haze that blob thresholds alone cannot
+    tell from a faint sprite: at 128 px, noise of SD 10 per pixel gives cells an SD of ~0.045 of a
+    player's area, and a blob of a few haze cells adds up to a "seen" player (our measurement).
+    The noise is read per frame from the spread of block weights inside each cell: its median over
+    the cells is the block SD (most cells hold no sprite edge; a blurred wall-floor edge has no
+    sprite weight), and a cell's area is a mean of S^2 blocks (on special cells 2 x 2 blocks,
+    unmixed with another tetra: _noise_gain). A clean frame has SD 0 and keeps all of its area.
+    Our design.
+    """
+    return np.where(area >= HAZE_SIGMAS * noise, area, 0.0).astype(np.float32)
 
 
 def _distances(means, protos, classes=None):
@@ -360,6 +399,23 @@ def _classify(d, ratio):
         np.minimum(second, np.where(best == k, np.inf, d[..., k]), out=second)
     ok = (first <= ratio * second) & (first <= MAX_DIST)                     # NaN compares False
     return np.where(ok, best, UNKNOWN)
+
+
+def _calibration_means(frame, g):
+    """Mean RGB (0..255) of each cell's central CALIB_PATCH square in one frame: (R, C, 3).
+
+    All of its pixels are read (frame 0 only): a prototype measured on a single cell, as the
+    player's or a lone box's, must not carry the noise of a few pixels into every later frame's
+    unmixing. The square is centred: its side has the cell's parity.
+    """
+    c = g.cell
+    p = int(CALIB_PATCH * c)
+    p = max(1, p - (c - p) % 2)                                              # parity of c
+    lo = (c - p) // 2
+    board = frame[g.y0:g.y0 + g.rows * c, g.x0:g.x0 + g.cols * c]           # (R*c, C*c, 3)
+    board = board.reshape(g.rows, c, g.cols, c, 3)[:, lo:lo + p, :, lo:lo + p]  # (R, p, C, p, 3)
+    means = board.astype(np.float32).mean(axis=(1, 3))                       # (R, C, 3)
+    return means if frame.dtype == np.uint8 else (means + 1) * 127.5
 
 
 def _calibrate(m0, expect, palette):
@@ -450,7 +506,7 @@ def _frame0(g, video, palette, expect, static, ratio=RATIO):
     noise fails here.
     """
     means = _cell_means(video, g)
-    protos0 = _calibrate(means[0], expect, palette)
+    protos0 = _calibrate(_calibration_means(video[0], g), expect, palette)
     d = np.sqrt(((protos0[:, None] - protos0[None]) ** 2).sum(-1)) + np.eye(len(protos0)) * 1e9
     if d.min() < MIN_SEPARATION:
         return None, (f"frame 0 does not show the puzzle: its class colours are not separable "
@@ -760,7 +816,7 @@ def _score_maze(p, g, video):
     n_frames = len(labels)
     tetras = ((M_FLOOR, M_WALL, M_TRAIL, M_AGENT), (M_FLOOR, M_GOAL, M_TRAIL, M_AGENT))
     area = _sprite_area(_samples(video, g), protos, (M_AGENT,), tetras, expect == M_GOAL,
-                        [p.start])[0]                                          # (F, R, C)
+                        [p.start])[0]                                             # (F, R, C)
     first = _maze_visits(labels, p.start)
     cells, blobs, readable, two = _maze_sightings(p, labels, area)
 
