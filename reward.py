@@ -278,12 +278,12 @@ def _barycentric(protos, tetra):
     return np.linalg.pinv(m)                                                 # (F, 4, 4)
 
 
-def _weights(x, protos, tetra, s):
-    """Weight of class s in the blocks x (F, ..., 3), unmixed over the 4 classes of tetra.
+def _weights(x, row):
+    """Weight of one class in the blocks x (F, ..., 3), unmixed by its barycentric row (F, 4) (the
+    class's row of _barycentric over the 4 classes of a tetra).
 
     Weights outside [-0.3, 1.3] mean the block is not such a mix and count 0; above 1 count 1.
     """
-    row = _barycentric(protos, tetra)[:, tetra.index(s)]                     # (F, 4)
     row = row.reshape((-1,) + (1,) * (x.ndim - 2) + (4,))                    # (F, 1, ..., 4)
     w = x[..., 0] * row[..., 0]
     w += x[..., 1] * row[..., 1]
@@ -327,9 +327,11 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     sr, sc = np.nonzero(special)                                             # (n,) each
     centres = blocks[:, sr, :, sc][:, :, mid, mid]                           # (n, F, 2, 2, 3)
     centres = np.moveaxis(centres, 0, 1)                                     # (F, n, 2, 2, 3)
+    inverse = [_barycentric(protos, tetra) for tetra in tetras]               # 2 x (F, 4, 4)
     out = []
     for s, (r, c) in zip(sprites, ref):
-        w = _weights(samples, protos, tetras[0], s)                          # (F, R*S, C*S)
+        row = inverse[0][:, tetras[0].index(s)]                              # (F, 4)
+        w = _weights(samples, row)                                           # (F, R*S, C*S)
         mean = _block_mean(w)                                                # (F, R, C)
         var = _block_mean(w * w) - mean * mean                               # (F, R, C)
         block_sd = np.sqrt(np.maximum(np.median(var.reshape(n_frames, -1), axis=1), 0)
@@ -337,13 +339,13 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
         area = np.maximum(mean, 0)
         noise = np.broadcast_to(block_sd[:, None, None] / SAMPLES, area.shape).copy()  # (F, R, C)
         if len(sr):
-            centre = _weights(centres, protos, tetras[1], s).mean(axis=(2, 3))  # (F, n)
+            row1 = inverse[1][:, tetras[1].index(s)]                         # (F, 4)
+            centre = _weights(centres, row1).mean(axis=(2, 3))               # (F, n)
             whole = area[0, r, c]
-            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], protos[:1], tetras[0],
-                             s).mean()  # frame 0's blocks with frame 0's prototypes
+            inner = _weights(blocks[:1, r:r + 1, mid, c:c + 1, mid], row[:1]).mean()  # frame 0
             scale = whole / inner if inner > 0.05 else 1.0
             area[:, sr, sc] = np.maximum(centre, 0) * scale
-            gain = _noise_gain(protos, tetras[1], s) / _noise_gain(protos, tetras[0], s)  # (F,)
+            gain = _noise_gain(row1) / _noise_gain(row)                      # (F,)
             noise[:, sr, sc] = (block_sd * gain * scale / 2)[:, None]        # a mean of 2 x 2
         unit = max(float(area[0, r, c]), 0.02)
         noise /= unit
@@ -351,11 +353,10 @@ def _sprite_area(samples, protos, sprites, tetras, special, ref):
     return np.stack(out)                                                     # (len, F, R, C)
 
 
-def _noise_gain(protos, tetra, s):
-    """Per frame, how much a unit of colour noise (the same SD in R, G and B) moves the weight of
-    class s unmixed over tetra: the norm of its barycentric row's colour part, (F,)."""
-    row = _barycentric(protos, tetra)[:, tetra.index(s), :3]                 # (F, 3)
-    return np.maximum(np.sqrt((row * row).sum(-1)), 1e-9)
+def _noise_gain(row):
+    """Per frame, how much a unit of colour noise (the same SD in R, G and B) moves a class weight
+    unmixed by its barycentric row (F, 4): the norm of the row's colour part, (F,)."""
+    return np.maximum(np.sqrt((row[:, :3] * row[:, :3]).sum(-1)), 1e-9)
 
 
 def _clear_haze(area, noise):
