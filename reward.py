@@ -199,13 +199,12 @@ def _row_sums(video, starts, step, count, x0, width, dtype):
     Each view is the same row of `count` cells (or blocks) at once, read in place: no gather copy,
     one pass of adds per row (numpy reduces strided axes several times slower).
     """
-    out = None
-    for s in starts:
-        rows = video[:, s:s + count * step:step, x0:x0 + width]             # (F, count, width, 3)
-        if out is None:
-            out = rows.astype(dtype)
-        else:
-            out += rows
+    views = [video[:, s:s + count * step:step, x0:x0 + width] for s in starts]
+    if len(views) == 1:                                                      # (F, count, width, 3)
+        return views[0].astype(dtype)
+    out = np.add(views[0], views[1], dtype=dtype)                            # one pass for two
+    for rows in views[2:]:
+        out += rows
     return out
 
 
@@ -232,14 +231,14 @@ def _cell_means(video, g):
     n = min(p, -(-PATCH_PIXELS // p))                                        # patch rows read
     picks = lo + ((np.arange(n) + 0.5) * p / n).astype(int)                  # (n,)
     acc = _sum_dtype(video, n * p)
-    a = None
+    views = []
     for s in g.y0 + picks:
         view = video[:, s:s + rows * c:c, g.x0:g.x0 + cols * c]             # (F, R, C*c, 3)
         view = view.reshape(n_frames, rows, cols, c, 3)[:, :, :, lo:lo + p]  # (F, R, C, p, 3)
-        if a is None:
-            a = view.astype(acc)
-        else:
-            a += view
+        views.append(view)
+    a = views[0].astype(acc) if n == 1 else np.add(views[0], views[1], dtype=acc)
+    for view in views[2:]:
+        a += view
     sums = a[:, :, :, 0].copy()                                              # (F, R, C, 3)
     for j in range(1, p):
         sums += a[:, :, :, j]
@@ -415,7 +414,9 @@ def _calibration_means(frame, g):
     lo = (c - p) // 2
     board = frame[g.y0:g.y0 + g.rows * c, g.x0:g.x0 + g.cols * c]           # (R*c, C*c, 3)
     board = board.reshape(g.rows, c, g.cols, c, 3)[:, lo:lo + p, :, lo:lo + p]  # (R, p, C, p, 3)
-    means = board.astype(np.float32).mean(axis=(1, 3))                       # (R, C, 3)
+    acc = np.uint32 if frame.dtype == np.uint8 else np.float32
+    sums = board.sum(axis=1, dtype=acc).sum(axis=2)                          # (R, C, 3)
+    means = sums.astype(np.float32) / (p * p)
     return means if frame.dtype == np.uint8 else (means + 1) * 127.5
 
 
@@ -567,7 +568,7 @@ def _blind_cut(readable):
     return NEVER
 
 
-def _blobs(area, cells_ok=None):
+def _blobs(area):
     """Sprite blobs of one frame: (main cells, main mass, second blob's mass, argmax cell).
 
     area (R, C) sprite area per cell in units of its frame-0 area; blobs are 4-connected groups of
@@ -575,19 +576,20 @@ def _blobs(area, cells_ok=None):
     trail leave specks far below a sprite's peak). The main blob is the heaviest; a second blob
     of SECOND_MASS or more is a second sprite (scattered specks of noise are not).
     """
-    floor = max(SPRITE_MIN, PEAK_SHARE * area.max())
-    hot = {(int(r), int(c)) for r, c in np.argwhere(area >= floor)}
+    floor = max(SPRITE_MIN, PEAK_SHARE * float(area.max()))
+    rs, cs = np.nonzero(area >= floor)
+    hot = dict(zip(zip(rs.tolist(), cs.tolist()), area[rs, cs].tolist()))  # cell -> area
     best, best_mass, second = set(), 0.0, 0.0
     while hot:
-        comp, stack = set(), [hot.pop()]
+        start, mass = hot.popitem()
+        comp, stack = {start}, [start]
         while stack:
-            cur = stack.pop()
-            comp.add(cur)
-            for nb in pz._neighbours(cur, *area.shape):
+            r, c = stack.pop()
+            for nb in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
                 if nb in hot:
-                    hot.discard(nb)
+                    mass += hot.pop(nb)
+                    comp.add(nb)
                     stack.append(nb)
-        mass = float(sum(area[x] for x in comp))
         if mass > best_mass:
             best, best_mass, second = comp, mass, best_mass
         else:
