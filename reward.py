@@ -222,7 +222,7 @@ def _cell_means(video, g):
     all its columns: a regular subsample of >= PATCH_PIXELS pixels (e.g. 32-px cells: 10-px
     patches, every 2nd row, 50 of 100 pixels; 16-px cells: all 16). The patches of all cells are
     summed over those rows as strided views of the patch columns only (each (F, R, C, p, 3), read
-    in place), then over their p columns; uint8 sums are exact integers.
+    in place), then over their p columns (one einsum); uint8 sums are exact integers.
     """
     n_frames = video.shape[0]
     rows, cols, c = g.rows, g.cols, g.cell
@@ -239,9 +239,7 @@ def _cell_means(video, g):
     a = views[0].astype(acc) if n == 1 else np.add(views[0], views[1], dtype=acc)
     for view in views[2:]:
         a += view
-    sums = a[:, :, :, 0].copy()                                              # (F, R, C, 3)
-    for j in range(1, p):
-        sums += a[:, :, :, j]
+    sums = np.einsum("frcpk->frck", a)                                       # (F, R, C, 3)
     means = sums.astype(np.float32) / (n * p)
     if video.dtype != np.uint8:
         means = (means + 1) * 127.5
