@@ -200,11 +200,16 @@ def _row_sums(video, starts, step, count, x0, width, dtype):
     one pass of adds per row (numpy reduces strided axes several times slower).
     """
     views = [video[:, s:s + count * step:step, x0:x0 + width] for s in starts]
-    if len(views) == 1:                                                      # (F, count, width, 3)
+    return _sum_views(views, dtype)                                          # (F, count, width, 3)
+
+
+def _sum_views(views, dtype):
+    """Elementwise sum of same-shape array views in dtype: the first two added in one pass."""
+    if len(views) == 1:
         return views[0].astype(dtype)
-    out = np.add(views[0], views[1], dtype=dtype)                            # one pass for two
-    for rows in views[2:]:
-        out += rows
+    out = np.add(views[0], views[1], dtype=dtype)
+    for view in views[2:]:
+        out += view
     return out
 
 
@@ -236,9 +241,7 @@ def _cell_means(video, g):
         view = video[:, s:s + rows * c:c, g.x0:g.x0 + cols * c]             # (F, R, C*c, 3)
         view = view.reshape(n_frames, rows, cols, c, 3)[:, :, :, lo:lo + p]  # (F, R, C, p, 3)
         views.append(view)
-    a = views[0].astype(acc) if n == 1 else np.add(views[0], views[1], dtype=acc)
-    for view in views[2:]:
-        a += view
+    a = _sum_views(views, acc)                                               # (F, R, C, p, 3)
     sums = np.einsum("frcpk->frck", a)                                       # (F, R, C, 3)
     means = sums.astype(np.float32) / (n * p)
     if video.dtype != np.uint8:
@@ -817,7 +820,7 @@ def _score_maze(p, g, video):
     n_frames = len(labels)
     tetras = ((M_FLOOR, M_WALL, M_TRAIL, M_AGENT), (M_FLOOR, M_GOAL, M_TRAIL, M_AGENT))
     area = _sprite_area(_samples(video, g), protos, (M_AGENT,), tetras, expect == M_GOAL,
-                        [p.start])[0]                                             # (F, R, C)
+                        [p.start])[0]                                          # (F, R, C)
     first = _maze_visits(labels, p.start)
     cells, blobs, readable, two = _maze_sightings(p, labels, area)
 
