@@ -21,30 +21,30 @@ import train as T  # noqa: E402  (first: it sets the OpenMP wait policy before t
 import eval as E  # noqa: E402
 import model as M  # noqa: E402
 import torch  # noqa: E402
+from tune_rl import load_checkpoint  # noqa: E402  (this folder: build the models, load a ckpt)
 
 NAMES = {"sft": "SFT", "rl": "SFT + RL (VideoRLVR)"}
 
 
-def stage_checkpoint(run, cfg, stage):
-    """The checkpoint a stage ended on: ckpt_<sft_steps> or ckpt_<sft_steps + rl_steps>."""
+def stage_step(run, cfg, stage):
+    """The global step a stage ended on (sft_steps, or sft_steps + rl_steps), its ckpt checked."""
     step = cfg.sft_steps if stage == "sft" else cfg.sft_steps + cfg.rl_steps
     ckpt = run / f"ckpt_{step:06d}"
     if not ckpt.is_dir():
         raise SystemExit(f"rescore_run.py: error: {ckpt} not found (the {stage} stage's last "
                          f"checkpoint; is the run finished?)")
-    return ckpt
+    return step
 
 
 def rescore(run, stage, device):
     """Evaluate one stage's checkpoint with its saved config; write eval_<stage>.json."""
     config = json.loads((T.resolve_checkpoint(str(run)) / "config.json").read_text())
     cfg = T.get_config([], base=config)
-    ckpt = stage_checkpoint(run, cfg, stage)
-    dit, vae, text = T.build_models(cfg, device)
-    T.load_weights(ckpt, dit, vae, text)
-    T.channels_last(vae)
-    dit.to(device).eval()
-    print(f"{stage}: evaluating {ckpt} on {cfg.eval_n} test puzzles", flush=True)
+    step = stage_step(run, cfg, stage)
+    dit, vae, text = load_checkpoint(cfg, run, step, device)
+    dit.eval()
+    print(f"{stage}: evaluating {run / f'ckpt_{step:06d}'} on {cfg.eval_n} test puzzles",
+          flush=True)
     res = E.evaluate_config(cfg, dit, vae, text, device)
     path = run / f"eval_{stage}.json"
     if path.exists():
