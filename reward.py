@@ -273,9 +273,13 @@ def _samples(video, g):
 
 def _barycentric(protos, tetra):
     """Per frame, the (4, 4) inverse that maps [x, 1] to the weights of the 4 classes of tetra."""
-    m = np.ones((len(protos), 4, 4), np.float32)
+    m = np.ones((len(protos), 4, 4), np.float64)
     m[:, :3, :] = protos[:, list(tetra)].transpose(0, 2, 1)                  # columns: classes
-    return np.linalg.pinv(m)                                                 # (F, 4, 4)
+    try:
+        inverse = np.linalg.inv(m)                                           # (F, 4, 4)
+    except np.linalg.LinAlgError:  # four coplanar colours: the least-squares weights
+        inverse = np.linalg.pinv(m)
+    return inverse.astype(np.float32)
 
 
 def _weights(x, row):
@@ -284,11 +288,10 @@ def _weights(x, row):
 
     Weights outside [-0.3, 1.3] mean the block is not such a mix and count 0; above 1 count 1.
     """
-    row = row.reshape((-1,) + (1,) * (x.ndim - 2) + (4,))                    # (F, 1, ..., 4)
-    w = x[..., 0] * row[..., 0]
-    w += x[..., 1] * row[..., 1]
-    w += x[..., 2] * row[..., 2]
-    w += row[..., 3]
+    n_frames = len(x)
+    w = np.matmul(x.reshape(n_frames, -1, 3), row[:, :3, None])[..., 0]     # (F, N)
+    w += row[:, 3:]
+    w = w.reshape(x.shape[:-1])                                              # (F, ...)
     w[(w < -0.3) | (w > 1.3)] = 0
     return np.minimum(w, 1, out=w)
 
@@ -457,7 +460,7 @@ def _refit(means, expect, protos0, static):
     trusted and fall back to frame 0's prototypes (our design: colour drift on later frames).
     """
     n_frames = len(means)
-    ref = np.flatnonzero(np.isin(expect, static))
+    ref = np.flatnonzero(np.any([expect == k for k in static], axis=0))
     ref = ref[np.linspace(0, len(ref) - 1, min(len(ref), 96)).astype(int)]  # <= 96 cells suffice
     y = means.reshape(len(means), -1, 3)[:, ref]                             # (F, N, 3)
     e = expect.ravel()[ref]                                                  # (N,)
@@ -570,16 +573,28 @@ def _blind_cut(readable):
 
 
 def _blobs(area):
-    """Sprite blobs of one frame: (main cells, main mass, second blob's mass, argmax cell).
+    """Sprite blobs of every frame: per frame (main cells, main mass, second blob's mass, argmax
+    cell), a list of F tuples.
 
-    area (R, C) sprite area per cell in units of its frame-0 area; blobs are 4-connected groups of
-    cells with >= SPRITE_MIN and >= PEAK_SHARE of the frame's largest area (colour errors along a
-    trail leave specks far below a sprite's peak). The main blob is the heaviest; a second blob
+    area (F, R, C) sprite area per cell in units of its frame-0 area; blobs are 4-connected groups
+    of cells with >= SPRITE_MIN and >= PEAK_SHARE of the frame's largest area (colour errors along
+    a trail leave specks far below a sprite's peak). The main blob is the heaviest; a second blob
     of SECOND_MASS or more is a second sprite (scattered specks of noise are not).
     """
-    floor = max(SPRITE_MIN, PEAK_SHARE * float(area.max()))
-    rs, cs = np.nonzero(area >= floor)
-    hot = dict(zip(zip(rs.tolist(), cs.tolist()), area[rs, cs].tolist()))  # cell -> area
+    n_frames = len(area)
+    largest = area.reshape(n_frames, -1).max(1).astype(np.float64)           # (F,)
+    floor = np.maximum(SPRITE_MIN, PEAK_SHARE * largest).astype(area.dtype)  # (F,)
+    fs, rs, cs = np.nonzero(area >= floor[:, None, None])                    # (n,) each
+    hot = [{} for _ in range(n_frames)]  # per frame: {cell: area}
+    for f, r, c, a in zip(fs.tolist(), rs.tolist(), cs.tolist(), area[fs, rs, cs].tolist()):
+        hot[f][(r, c)] = a
+    return [_components(cells) for cells in hot]
+
+
+def _components(hot):
+    """(main cells, main mass, second mass, argmax cell) of the 4-connected groups of the cells
+    in hot {cell: area} (emptied): the heaviest group, and the heaviest of the others."""
+    area = dict(hot)
     best, best_mass, second = set(), 0.0, 0.0
     while hot:
         start, mass = hot.popitem()
@@ -595,7 +610,7 @@ def _blobs(area):
             best, best_mass, second = comp, mass, best_mass
         else:
             second = max(second, mass)
-    peak = max(best, key=lambda x: area[x]) if best else None
+    peak = max(best, key=area.get) if best else None
     return best, best_mass, second, peak
 
 
@@ -666,8 +681,15 @@ def _maze_visits(labels, start):
     return first
 
 
-def _maze_tree(free, root):
-    """BFS tree of the free cells from root: (parent, depth) dicts.
+def _open_neighbours(free):
+    """{free cell: its free 4-neighbours, in pz.DIRS order} of a (R, C) bool grid."""
+    cells = set(map(tuple, np.argwhere(free).tolist()))
+    return {(r, c): [nb for nb in ((r + dr, c + dc) for dr, dc in pz.DIRS) if nb in cells]
+            for r, c in cells}
+
+
+def _maze_tree(around, root):
+    """BFS tree of the free cells from root: (parent, depth) dicts. around: _open_neighbours.
 
     puzzles.py builds perfect mazes (a spanning tree of the rooms), so this tree is the maze itself
     and tree paths are the only paths; in a maze with loops it would overestimate walk lengths.
@@ -677,12 +699,23 @@ def _maze_tree(free, root):
     while frontier:
         nxt = []
         for cur in frontier:
-            for nb in pz._neighbours(cur, *free.shape):
-                if free[nb] and nb not in parent:
+            for nb in around[cur]:
+                if nb not in parent:
                     parent[nb], depth[nb] = cur, depth[cur] + 1
                     nxt.append(nb)
         frontier = nxt
     return parent, depth
+
+
+def _reached(around, cells, root):
+    """The cells of the set `cells` 4-connected to root through `cells` (root included)."""
+    reached, stack = {root}, [root]
+    while stack:
+        for nb in around[stack.pop()]:
+            if nb in cells and nb not in reached:
+                reached.add(nb)
+                stack.append(nb)
+    return reached
 
 
 def _subtree(tree, terminals):
@@ -720,8 +753,7 @@ def _maze_sightings(p, labels, area):
     one = np.zeros(n_frames, dtype=bool)                                     # one agent seen
     two = np.zeros(n_frames, dtype=bool)
     near = np.zeros(labels.shape, dtype=bool)                                # (F, R, C) its blob
-    for f in range(n_frames):
-        main, mass, other, peak = _blobs(area[f])
+    for f, (main, mass, other, peak) in enumerate(_blobs(area)):
         blobs[f] = main
         seen = SEEN_MASS[0] <= mass <= SEEN_MASS[1]
         two[f] = mass >= SEEN_MASS[0] and other >= SECOND_MASS
@@ -736,7 +768,7 @@ def _maze_sightings(p, labels, area):
     return cells, blobs, readable, two
 
 
-def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
+def _maze_walk(p, around, first, cells, blobs, readable, still, cut, n_frames):
     """Follow the agent from sighting to sighting; (credited cells, events, last sighting).
 
     Between successive readable frames fa < fb (agent at a, then b) the agent walks the tree path
@@ -747,9 +779,10 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
     the credited cells has 2 * edges - d(a, b) moves and may cross only trail cells (a cell on it
     with no trail by fb + 1 is a teleport, which ends the trajectory). A walk over the budget is a
     pace violation: only the share budget / moves of its cells, nearest to a, is credited. Events
-    are (frame, why, ends the trajectory).
+    are (frame, why, ends the trajectory). around: _open_neighbours(~p.grid).
     """
-    tree = _maze_tree(~p.grid, p.start)
+    tree = _maze_tree(around, p.start)
+    budgets = {gap: allowed_moves(p, n_frames, gap) for gap in (1, CATCH_UP)}
     credited, events = {p.start}, []
     by_frame = {}
     for r, c in np.argwhere((first > 0) & (first < NEVER) & ~p.grid):
@@ -762,7 +795,7 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
         best = None
         for where in cells[fb]:  # the agent may be anywhere in its (smeared) blob: the best fit
             path = _subtree(tree, [a, where])
-            beside = set(pz._neighbours(a, *p.grid.shape) + pz._neighbours(where, *p.grid.shape))
+            beside = set(around[a] + around[where])
             seen = [x for x in new if x in path or x in beside or x in blobs[fb] or x in blobs[fa]]
             walk = _subtree(tree, seen + [a, where])
             moves = 2 * (len(walk) - 1) - (len(path) - 1)
@@ -775,7 +808,7 @@ def _maze_walk(p, first, cells, blobs, readable, still, cut, n_frames):
             events.append((fb, f"teleport: the agent went from {a} (frame {fa}) to {b} (frame "
                                f"{fb}) over {min(gap)}, which shows no trail", True))
             break
-        budget = allowed_moves(p, n_frames, _catch_up(still[fa], fb > fa + 1, f_change, fa))
+        budget = budgets[_catch_up(still[fa], fb > fa + 1, f_change, fa)]
         if new or b != a:
             f_change = fb
         off = sorted(set(new) - set(seen))
@@ -840,8 +873,9 @@ def _score_maze(p, g, video):
         events.append((f, f"two agents at frame {f}", True))
     cut = min([cut] + [f for f, _, ends in events if ends])
     still = _still(labels, area)
-    credited, walk_events, (f_last, a_last) = _maze_walk(p, first, cells, blobs, readable, still,
-                                                         cut, n_frames)
+    around = _open_neighbours(~p.grid)
+    credited, walk_events, (f_last, a_last) = _maze_walk(p, around, first, cells, blobs, readable,
+                                                         still, cut, n_frames)
     events += walk_events
     single = 1.0 - float(two[1:].mean())
 
@@ -857,10 +891,7 @@ def _score_maze(p, g, video):
     gt = set(p.solution[1:])
     pred = {(int(r), int(c)) for r, c in np.argwhere(first < NEVER)} - {p.start}
     precision, recall, f1 = _prf(len(pred & gt), len(pred), len(gt))
-    legal = np.zeros(p.grid.shape, dtype=bool)
-    for x in credited:
-        legal[x] = True
-    conn = len(gt & set(pz.bfs_distances(legal, p.start))) / len(gt)
+    conn = len(gt & _reached(around, credited, p.start)) / len(gt)
     wall = float(1 - sum(p.grid[c] for c in pred) / max(1, len(pred))) ** 2
     walked = len(pred & credited) / len(pred) if pred else 0.0
     reward = conn * wall * walked * layout * repaint * single
@@ -1187,8 +1218,9 @@ def _sokoban_frames(p, labels, player_area, box_area):
     boards[0] = (p.start, frozenset(p.boxes))
     others = [[] for _ in range(n_frames)]
     free_box = np.where(p.grid, 0.0, box_area)                                  # (F, R, C)
+    player_blobs = _blobs(player_area)
     for f in range(1, n_frames):
-        main, mass, other, peak = _blobs(player_area[f])
+        main, mass, other, peak = player_blobs[f]
         if mass >= SEEN_MASS[0] and other >= SECOND_MASS:
             events.append((f, f"two players at frame {f}", True))
             break
