@@ -540,3 +540,22 @@ def test_summarize_matches_the_table_definitions():
     assert out["f1_mean"] == pytest.approx((1 + 1 / 3) / 3) and out["reward"] == pytest.approx(1.4 / 3)
     assert np.isnan(rw.summarize([rw.Score(None, 0.0, 0.0, 0, 0.0)])["precision"])
     assert np.isnan(rw.summarize([])["recall"])
+
+
+def test_fast_numpy_forms_equal_the_plain_ones():
+    """The verifier's speed rewrites give numpy's plain answers: the median, the nearest and
+    runner-up prototype (ties keep the lower class, as argmin), the barycentric inverse."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 96, 225):
+        x = rng.normal(100, 30, (n, 3)).astype(np.float32)
+        assert np.array_equal(rw._median(x), np.median(x, axis=0))
+    d = rng.integers(0, 6, (5, 7, 4, 4)).astype(np.float32) * 10  # class-major, many ties
+    best = d.argmin(0)
+    first = d.min(0)
+    second = np.where(np.arange(5)[:, None, None, None] == best, np.inf, d).min(0)
+    ok = (first <= rw.RATIO * second) & (first <= rw.MAX_DIST)
+    assert np.array_equal(rw._classify(d, rw.RATIO), np.where(ok, best, rw.UNKNOWN))
+    protos = rng.uniform(0, 255, (6, 5, 3)).astype(np.float32)
+    m = np.ones((6, 4, 4))
+    m[:, :3] = protos[:, [0, 1, 4, 3]].transpose(0, 2, 1)
+    assert np.allclose(rw._barycentric(protos, (0, 1, 4, 3)), np.linalg.pinv(m), atol=1e-5)
