@@ -4,7 +4,7 @@ Run after `python train.py --config demo` (its SFT checkpoint, eval_sft.json and
 reused; every number comes from held-out test puzzles scored from pixels):
   python tests/scripts/ablations.py [--run runs/demo] [--out runs/ablations] \
       [--only seeds,esf,reward,weights] [--domain sokoban] [--weights_domain sokoban] \
-      [--no_equal_time]
+      [--no_equal_time] [--time_ratio 0.74]
 
 seeds    RL > SFT is robust, not lucky: the RL stage again with --seed=1 and 2 from the same SFT
          checkpoint (seed 0 is the main run); per domain, the paired gain of each seed and their
@@ -13,6 +13,9 @@ esf      Early-Step Focus (K = N/2, the main run) vs full-step GRPO (K = N - 1: 
          int(0.99 N) of its N steps and keeps the last one deterministic): seconds per iteration
          (rollout, decode, reward, update), held-out success at equal iterations, and ESF run for
          as many iterations as fit in the full-step arm's wall-clock (unless --no_equal_time).
+         That wall-clock is the ratio of the two runs' RL stages, or --time_ratio (ESF / full
+         seconds per iteration measured alone, tests/scripts/bench_rl_step.py) when either run
+         shared its cores with other jobs and its clock says nothing.
 reward   Dense vs sparse (success-only) reward on one domain (--domain) from the SFT checkpoint:
          the zero-std group ratio (an all-equal group teaches nothing) and held-out success.
 weights  The paper's reward weights vs the official code's (--reward_weights=code;
@@ -81,15 +84,20 @@ def seeds(cfg, sft, main_rl, out, domains):
     E.report(table, out / "seeds")
 
 
-def esf(cfg, sft, run, out, equal_time):
-    """Early-Step Focus (the main run) vs full-step K = N - 1, at equal iterations and time."""
+def esf(cfg, sft, run, out, equal_time, time_ratio=None):
+    """Early-Step Focus (the main run) vs full-step K = N - 1, at equal iterations and time.
+
+    time_ratio: ESF / full seconds per iteration; None takes the two RL stages' wall-clocks.
+    """
     n, k, iters = cfg["num_steps"], cfg["sde_steps"], cfg["rl_steps"]
     full = out / "esf_full"
     train(cfg, full, f"--sde_steps={n - 1}")
     arms = {f"K={k} (ESF)": rl_summary(run), f"K={n - 1} (full)": rl_summary(full)}
     t_esf, t_full = arms[f"K={k} (ESF)"][0], arms[f"K={n - 1} (full)"][0]
     if equal_time:
-        same_time = max(iters, round(iters * t_full["total"] / t_esf["total"]))
+        if time_ratio is None:
+            time_ratio = t_esf["total"] / t_full["total"]
+        same_time = max(iters, round(iters / time_ratio))
         timed = out / f"esf_{same_time}it"
         train(cfg, timed, f"--rl_steps={same_time}")
         arms[f"K={k} (ESF), {same_time} it = full's time"] = rl_summary(timed)
@@ -100,7 +108,10 @@ def esf(cfg, sft, run, out, equal_time):
               f"{t['total']:.0f}s; held-out SR {100 * res['overall']['success']:.1f}% "
               f"(vs SFT {gain(sft, res, None)[1]} points)")
     print(f"  time per iteration ESF / full = {t_esf['seconds'] / t_full['seconds']:.2f} "
-          f"({1 - t_esf['seconds'] / t_full['seconds']:.0%} less)")
+          f"({1 - t_esf['seconds'] / t_full['seconds']:.0%} less) by the runs' own clocks")
+    if equal_time and time_ratio != t_esf["total"] / t_full["total"]:
+        print(f"  equal time from --time_ratio {time_ratio:.2f} (ESF / full per iteration, "
+              f"measured alone): ESF runs {same_time} iterations in the full arm's {iters}")
     (out / "esf").mkdir(parents=True, exist_ok=True)
     E.report({"SFT": sft} | {name: res for name, (t, res) in arms.items()}, out / "esf")
 
@@ -137,6 +148,9 @@ def main():
     ap.add_argument("--weights_domain", default="sokoban", help="the reward weights' domain")
     ap.add_argument("--no_equal_time", action="store_true",
                     help="skip the ESF arm run for the full-step arm's wall-clock")
+    ap.add_argument("--time_ratio", type=float, default=None,
+                    help="ESF / full seconds per iteration measured alone (bench_rl_step.py); "
+                         "default: the ratio of the two runs' RL wall-clocks")
     args = ap.parse_args()
     run, out = ROOT / args.run, ROOT / args.out
     cfg = json.loads((run / (run / "latest").read_text().strip() / "config.json").read_text())
@@ -147,7 +161,7 @@ def main():
     if "seeds" in only:
         seeds(cfg, sft, main_rl, out, cfg["domains"].split(","))
     if "esf" in only:
-        esf(cfg, sft, run, out, not args.no_equal_time)
+        esf(cfg, sft, run, out, not args.no_equal_time, args.time_ratio)
     if "reward" in only:
         one_domain(cfg, sft, out, args.domain, "reward",
                    {"dense": ("dense reward", []),
