@@ -3,8 +3,8 @@
 Run after `python train.py --config demo` (its SFT checkpoint, eval_sft.json and eval_rl.json are
 reused; every number comes from held-out test puzzles scored from pixels):
   python tests/scripts/ablations.py [--run runs/demo] [--out runs/ablations] \
-      [--only seeds,esf,reward,weights] [--domain sokoban] [--weights_domain sokoban] \
-      [--no_equal_time] [--time_ratio 0.74]
+      [--only seeds,esf,reward,weights,esf_seeds] [--domain sokoban] [--weights_domain sokoban] \
+      [--no_equal_time] [--time_ratio 0.74] [--esf_seeds 0,1,2]
 
 seeds    RL > SFT is robust, not lucky: the RL stage again with --seed=1 and 2 from the same SFT
          checkpoint (seed 0 is the main run); per domain, the paired gain of each seed and their
@@ -16,6 +16,9 @@ esf      Early-Step Focus (K = N/2, the main run) vs full-step GRPO (K = N - 1: 
          That wall-clock is the ratio of the two runs' RL stages, or --time_ratio (ESF / full
          seconds per iteration measured alone, tests/scripts/bench_rl_step.py) when either run
          shared its cores with other jobs and its clock says nothing.
+esf_seeds  The esf arm again with RL seeds 1 and 2 (--esf_seeds; not in the default --only):
+         per domain, each arm's gain over SFT and ESF-at-equal-time minus full-step, per seed, with
+         mean and spread (uses the seeds arm's runs for ESF at equal iterations).
 reward   Dense vs sparse (success-only) reward on one domain (--domain) from the SFT checkpoint:
          the zero-std group ratio (an all-equal group teaches nothing) and held-out success.
 weights  The paper's reward weights vs the official code's (--reward_weights=code;
@@ -116,6 +119,47 @@ def esf(cfg, sft, run, out, equal_time, time_ratio=None):
     E.report({"SFT": sft} | {name: res for name, (t, res) in arms.items()}, out / "esf")
 
 
+def esf_seeds(cfg, sft, run, out, seeds, time_ratio=None):
+    """ESF vs full-step over RL seeds: per seed and domain, the paired success gains of ESF (equal
+    iterations), full-step (K = N - 1), ESF at the full-step arm's wall-clock, and of the last over
+    full-step; their mean and spread over the seeds.
+
+    Seed 0's runs are those of the esf arm (the main run, esf_full, esf_<n>it); a seed s > 0 trains
+    esf_full_seed<s> and esf_<n>it_seed<s> and takes ESF at equal iterations from the seeds arm
+    (seed<s>). time_ratio as in esf.
+    """
+    n, iters = cfg["num_steps"], cfg["rl_steps"]
+    if time_ratio is None:
+        time_ratio = rl_summary(run)[0]["total"] / rl_summary(out / "esf_full")[0]["total"]
+    same_time = max(iters, round(iters / time_ratio))
+    results = []  # per seed: (ESF, full, ESF at full's time) eval_rl.json
+    for seed in seeds:
+        tail, flags = (f"_seed{seed}", [f"--seed={seed}"]) if seed else ("", [])
+        if seed:
+            train(cfg, out / f"seed{seed}", *flags)
+        train(cfg, out / f"esf_full{tail}", f"--sde_steps={n - 1}", *flags)
+        train(cfg, out / f"esf_{same_time}it{tail}", f"--rl_steps={same_time}", *flags)
+        esf_run = out / f"seed{seed}" if seed else run
+        results.append([rl_summary(r)[1] for r in
+                        (esf_run, out / f"esf_full{tail}", out / f"esf_{same_time}it{tail}")])
+    columns = (f"ESF {iters} it - SFT", f"full {iters} it - SFT", f"ESF {same_time} it - SFT",
+               f"ESF {same_time} it - full")
+    print(f"\nEarly-Step Focus vs full-step over RL seeds {seeds} (success points, paired; ESF "
+          f"{same_time} it = the full-step arm's time at ESF / full = {time_ratio:.2f}):")
+    for domain in cfg["domains"].split(",") + [None]:
+        cells = []
+        for column in range(4):
+            values = []
+            for esf_res, full_res, timed_res in results:
+                base, res = [(sft, esf_res), (sft, full_res), (sft, timed_res),
+                             (full_res, timed_res)][column]
+                values.append(100 * E.paired_difference(base, res, domain)["success"])
+            each = " / ".join(f"{v:+.1f}" for v in values)
+            cells.append(f"{columns[column]}: {each} (mean {np.mean(values):+.1f}, spread "
+                         f"{np.std(values, ddof=1) if len(values) > 1 else 0:.1f})")
+        print(f"  {domain or 'all'}:\n    " + "\n    ".join(cells))
+
+
 def one_domain(cfg, sft, out, domain, name, arms):
     """RL runs on one domain from the SFT checkpoint, printed and reported.
 
@@ -148,6 +192,7 @@ def main():
     ap.add_argument("--weights_domain", default="sokoban", help="the reward weights' domain")
     ap.add_argument("--no_equal_time", action="store_true",
                     help="skip the ESF arm run for the full-step arm's wall-clock")
+    ap.add_argument("--esf_seeds", default="0,1,2", help="RL seeds of the esf_seeds arm")
     ap.add_argument("--time_ratio", type=float, default=None,
                     help="ESF / full seconds per iteration measured alone (bench_rl_step.py); "
                          "default: the ratio of the two runs' RL wall-clocks")
@@ -162,6 +207,8 @@ def main():
         seeds(cfg, sft, main_rl, out, cfg["domains"].split(","))
     if "esf" in only:
         esf(cfg, sft, run, out, not args.no_equal_time, args.time_ratio)
+    if "esf_seeds" in only:
+        esf_seeds(cfg, sft, run, out, [int(x) for x in args.esf_seeds.split(",")], args.time_ratio)
     if "reward" in only:
         one_domain(cfg, sft, out, args.domain, "reward",
                    {"dense": ("dense reward", []),
