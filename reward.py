@@ -601,13 +601,18 @@ def _blobs(area):
     of SECOND_MASS or more is a second sprite (scattered specks of noise are not).
     """
     n_frames = len(area)
-    largest = area.reshape(n_frames, -1).max(1).astype(np.float64)           # (F,)
-    floor = np.maximum(SPRITE_MIN, PEAK_SHARE * largest).astype(area.dtype)  # (F,)
-    fs, rs, cs = np.nonzero(area >= floor[:, None, None])                    # (n,) each
+    fs, rs, cs = np.nonzero(area >= _blob_floor(area)[:, None, None])        # (n,) each
     hot = [{} for _ in range(n_frames)]  # per frame: {cell: area}
     for f, r, c, a in zip(fs.tolist(), rs.tolist(), cs.tolist(), area[fs, rs, cs].tolist()):
         hot[f][(r, c)] = a
     return [_components(cells) for cells in hot]
+
+
+def _blob_floor(area):
+    """Per frame, the least area of a blob cell: SPRITE_MIN, or PEAK_SHARE of the frame's largest
+    area if more; (F,) in area's dtype. area (F, R, C)."""
+    largest = area.reshape(len(area), -1).max(1).astype(np.float64)          # (F,)
+    return np.maximum(SPRITE_MIN, PEAK_SHARE * largest).astype(area.dtype)
 
 
 def _components(hot):
@@ -701,10 +706,9 @@ def _maze_visits(labels, start):
 
 
 def _open_neighbours(free):
-    """{free cell: its free 4-neighbours, in pz.DIRS order} of a (R, C) bool grid."""
+    """{free cell: its free 4-neighbours, in pz._neighbours' order} of a (R, C) bool grid."""
     cells = set(map(tuple, np.argwhere(free).tolist()))
-    return {(r, c): [nb for nb in ((r + dr, c + dc) for dr, dc in pz.DIRS) if nb in cells]
-            for r, c in cells}
+    return {x: [nb for nb in pz._neighbours(x, *free.shape) if nb in cells] for x in cells}
 
 
 def _maze_tree(around, root):
@@ -1229,7 +1233,7 @@ def _sokoban_frames(p, labels, player_area, box_area):
     if lost.any():
         f, r, c = np.argwhere(lost)[0]
         events.append((int(f), f"target at ({r}, {c}) disappeared at frame {f}", True))
-    floor = np.maximum(SPRITE_MIN, PEAK_SHARE * player_area.max((1, 2)))      # (F,) as _blobs
+    floor = _blob_floor(player_area)                                         # (F,)
     on_floor = (player_area >= floor[:, None, None]) & ~p.grid[None]         # (F, R, C)
     total = np.where(on_floor, player_area, 0.0).sum((1, 2))                 # (F,)
     smeared = (total >= SMEAR_MASS) & (total <= SEEN_MASS[1])
