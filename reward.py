@@ -301,13 +301,9 @@ def _block_mean(w):
     n_frames, height, width = w.shape
     rows, cols = height // SAMPLES, width // SAMPLES
     w = w.reshape(n_frames, rows, SAMPLES, width)                            # (F, R, S, C*S)
-    by_rows = w[:, :, 0].copy()                                              # (F, R, C*S)
-    for j in range(1, SAMPLES):
-        by_rows += w[:, :, j]
+    by_rows = _sum_views([w[:, :, j] for j in range(SAMPLES)], w.dtype)      # (F, R, C*S)
     by_rows = by_rows.reshape(n_frames, rows, cols, SAMPLES)                 # (F, R, C, S)
-    out = by_rows[..., 0].copy()                                             # (F, R, C)
-    for j in range(1, SAMPLES):
-        out += by_rows[..., j]
+    out = _sum_views([by_rows[..., j] for j in range(SAMPLES)], w.dtype)     # (F, R, C)
     return out / (SAMPLES * SAMPLES)
 
 
