@@ -67,6 +67,21 @@ def gain(sft, res, domain):
     return d, f"{100 * d['success']:+.1f} ± {100 * d['success_se']:.1f}"
 
 
+def over_seeds(values):
+    """'+a / +b / +c (mean +m, spread s)' of per-seed gains in points (spread: std over seeds)."""
+    spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    each = " / ".join(f"{v:+.1f}" for v in values)
+    return f"{each} (mean {np.mean(values):+.1f}, spread {spread:.1f})"
+
+
+def equal_time_iterations(iters, time_ratio, esf_run, full_run):
+    """(ESF / full seconds per iteration, ESF iterations in the full arm's `iters` iterations of
+    time); time_ratio None takes the two runs' RL wall-clocks."""
+    if time_ratio is None:
+        time_ratio = rl_summary(esf_run)[0]["total"] / rl_summary(full_run)[0]["total"]
+    return time_ratio, max(iters, round(iters / time_ratio))
+
+
 def seeds(cfg, sft, main_rl, out, domains):
     """The RL stage with seeds 0 (the main run), 1, 2: per-domain gains, mean and spread."""
     results = {0: main_rl}
@@ -98,9 +113,8 @@ def esf(cfg, sft, run, out, equal_time, time_ratio=None):
     arms = {f"K={k} (ESF)": rl_summary(run), f"K={n - 1} (full)": rl_summary(full)}
     t_esf, t_full = arms[f"K={k} (ESF)"][0], arms[f"K={n - 1} (full)"][0]
     if equal_time:
-        if time_ratio is None:
-            time_ratio = t_esf["total"] / t_full["total"]
-        same_time = max(iters, round(iters / time_ratio))
+        measured = time_ratio is not None
+        time_ratio, same_time = equal_time_iterations(iters, time_ratio, run, full)
         timed = out / f"esf_{same_time}it"
         train(cfg, timed, f"--rl_steps={same_time}")
         arms[f"K={k} (ESF), {same_time} it = full's time"] = rl_summary(timed)
@@ -112,7 +126,7 @@ def esf(cfg, sft, run, out, equal_time, time_ratio=None):
               f"(vs SFT {gain(sft, res, None)[1]} points)")
     print(f"  time per iteration ESF / full = {t_esf['seconds'] / t_full['seconds']:.2f} "
           f"({1 - t_esf['seconds'] / t_full['seconds']:.0%} less) by the runs' own clocks")
-    if equal_time and time_ratio != t_esf["total"] / t_full["total"]:
+    if equal_time and measured:
         print(f"  equal time from --time_ratio {time_ratio:.2f} (ESF / full per iteration, "
               f"measured alone): ESF runs {same_time} iterations in the full arm's {iters}")
     (out / "esf").mkdir(parents=True, exist_ok=True)
@@ -129,9 +143,7 @@ def esf_seeds(cfg, sft, run, out, seeds, time_ratio=None):
     (seed<s>). time_ratio as in esf.
     """
     n, iters = cfg["num_steps"], cfg["rl_steps"]
-    if time_ratio is None:
-        time_ratio = rl_summary(run)[0]["total"] / rl_summary(out / "esf_full")[0]["total"]
-    same_time = max(iters, round(iters / time_ratio))
+    time_ratio, same_time = equal_time_iterations(iters, time_ratio, run, out / "esf_full")
     results = []  # per seed: (ESF, full, ESF at full's time) eval_rl.json
     for seed in seeds:
         tail, flags = (f"_seed{seed}", [f"--seed={seed}"]) if seed else ("", [])
@@ -142,22 +154,17 @@ def esf_seeds(cfg, sft, run, out, seeds, time_ratio=None):
         esf_run = out / f"seed{seed}" if seed else run
         results.append([rl_summary(r)[1] for r in
                         (esf_run, out / f"esf_full{tail}", out / f"esf_{same_time}it{tail}")])
-    columns = (f"ESF {iters} it - SFT", f"full {iters} it - SFT", f"ESF {same_time} it - SFT",
-               f"ESF {same_time} it - full")
+    comparisons = {  # name: (baseline, arm) as indices into (SFT, ESF, full, ESF at full's time)
+        f"ESF {iters} it - SFT": (0, 1), f"full {iters} it - SFT": (0, 2),
+        f"ESF {same_time} it - SFT": (0, 3), f"ESF {same_time} it - full": (2, 3)}
     print(f"\nEarly-Step Focus vs full-step over RL seeds {seeds} (success points, paired; ESF "
           f"{same_time} it = the full-step arm's time at ESF / full = {time_ratio:.2f}):")
     for domain in cfg["domains"].split(",") + [None]:
-        cells = []
-        for column in range(4):
-            values = []
-            for esf_res, full_res, timed_res in results:
-                base, res = [(sft, esf_res), (sft, full_res), (sft, timed_res),
-                             (full_res, timed_res)][column]
-                values.append(100 * E.paired_difference(base, res, domain)["success"])
-            each = " / ".join(f"{v:+.1f}" for v in values)
-            cells.append(f"{columns[column]}: {each} (mean {np.mean(values):+.1f}, spread "
-                         f"{np.std(values, ddof=1) if len(values) > 1 else 0:.1f})")
-        print(f"  {domain or 'all'}:\n    " + "\n    ".join(cells))
+        print(f"  {domain or 'all'}:")
+        for name, (base, arm) in comparisons.items():
+            values = [100 * E.paired_difference(runs[base], runs[arm], domain)["success"]
+                      for runs in ([sft] + seed_runs for seed_runs in results)]
+            print(f"    {name}: {over_seeds(values)}")
 
 
 def one_domain(cfg, sft, out, domain, name, arms):
